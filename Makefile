@@ -1,0 +1,38 @@
+# Everything a fresh machine needs is installed by these targets themselves.
+#   make run    the whole thing locally: store + broker + upload page (no AWS account)
+#   make test   the test suite (installs the venv, Chromium, and starts what tests need)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv system-deps run test test-fast check bench soak package clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)  ## create .venv with the broker and its dev dependencies
+
+system-deps:  ## install Chromium from Debian (browser tests)
+	bash scripts/install-system-deps.sh
+
+run: venv  ## start SeaweedFS + the broker + the upload page on http://127.0.0.1:8000
+	$(BIN)/python -m broker.devrun
+
+test: venv system-deps  ## run every test (unit, real store, real browser)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: venv  ## unit tests only (no store, no browser)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/browser
+
+check: venv  ## validate rules.yaml
+	$(BIN)/broker check rules.yaml
+
+clean:  ## remove the venv and local data
+	rm -rf $(VENV) var build dist *.egg-info

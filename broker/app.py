@@ -1,0 +1,208 @@
+"""The broker application: routes, identification, decide -> sign -> audit, CORS, errors.
+
+``Broker.handle(HttpRequest) -> HttpResponse`` is the one entry point both adapters
+(API Gateway/Lambda and WSGI) call. Wire protocols live in ``broker.protocols`` and
+register their routes here; they all go through :meth:`Broker.issue`.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from . import audit, config, rules
+from .audit import AuditLog
+from .errors import AuditUnavailable, BrokerError, Unauthenticated
+from .models import Client, Credentials, Decision, RequestContext, RuleSet, SignedPost, UploadRequest
+from .signing import Signer
+from .sources import RulesProvider, log_event
+from .web import HttpRequest, HttpResponse, Router
+
+CORS_ALLOW_HEADERS = "content-type, x-api-key, authorization, x-amz-date, x-requested-with"
+
+
+def utcnow() -> datetime:
+    """The current UTC time (the default clock)."""
+    return datetime.now(timezone.utc)
+
+
+def new_random_id() -> str:
+    """122 random bits as 32 hex digits: the ``{uuid}`` in every key."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Call:
+    """One request in flight: the request, the time it is judged at, and audit context."""
+
+    broker: "Broker"
+    request: HttpRequest
+    now: datetime
+    context: RequestContext
+    client_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ruleset(self) -> RuleSet:
+        """The rules in force (503 if none ever loaded)."""
+        return self.broker.rules.current()
+
+    def client(self, ruleset: RuleSet) -> Client:
+        """The calling client, from its API key or authorizer principals (401 if unknown)."""
+        api_key = self.request.header("x-api-key")
+        creds = Credentials(
+            api_key_sha256=config.api_key_hash(api_key) if api_key else None,
+            principals=self.request.principals,
+        )
+        client = rules.identify(ruleset, creds)
+        self.client_id = client.id
+        return client
+
+
+class Broker:
+    """Ties rules, signer and audit log together behind one ``handle`` method."""
+
+    def __init__(
+        self,
+        rules_provider: RulesProvider,
+        signer: Signer,
+        audit_log: AuditLog,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], str] = new_random_id,
+        max_body_bytes: int = 64 * 1024,
+        store: Any = None,
+    ) -> None:
+        self.rules = rules_provider
+        self.signer = signer
+        self.audit_log = audit_log
+        self.clock = clock
+        self.new_id = new_id
+        self.max_body_bytes = max_body_bytes
+        self.store = store  # the S3 client, for protocols that must talk to the store
+        self.router = Router()
+        from .protocols import register_all
+
+        register_all(self)
+
+    # ------------------------------------------------------------------ decide, sign, audit
+
+    def issue(self, call: Call, client: Client, ruleset: RuleSet,
+              request: UploadRequest) -> tuple[Decision, SignedPost | None]:
+        """Evaluate a request, sign it if allowed, and audit the outcome before returning."""
+        decision = rules.evaluate(ruleset, client, request, now=call.now, random_id=self.new_id())
+        signed = None
+        if decision.allowed and decision.grant is not None:
+            signed = self.signer.sign(decision.grant, now=call.now)
+        self.emit(audit.record(now=call.now, context=call.context, decision=decision,
+                               request=request, signed=signed))
+        return decision, signed
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        """Write an audit record; failing to write means failing the request (503)."""
+        try:
+            self.audit_log.emit(rec)
+        except AuditUnavailable as exc:
+            log_event("audit_write_failed", error=exc.message, request_id=rec.get("request_id"))
+            raise
+
+    # ------------------------------------------------------------------ HTTP
+
+    def handle(self, request: HttpRequest, *, transport: str = "http") -> HttpResponse:
+        """Answer one HTTP request; never raises, never leaks a traceback to the client."""
+        call = Call(self, request, self.clock(), RequestContext(
+            request_id=request.request_id or uuid.uuid4().hex,
+            source_ip=request.source_ip,
+            user_agent=request.header("user-agent"),
+            transport=transport,
+        ))
+        try:
+            if request.method == "OPTIONS":
+                response = self._preflight(request)
+            else:
+                route, params = self.router.match(request.method, request.path)
+                call.context = replace(call.context, protocol=route.protocol)
+                if params:
+                    call.request = replace(request, path_params=params)
+                response = route.handler(call)
+        except BrokerError as exc:
+            response = self.error_response(call, exc)
+        except Exception:  # a bug: log it for the operator, tell the client nothing inside
+            log_event("internal_error", request_id=call.context.request_id,
+                      error=traceback.format_exc(limit=8))
+            response = HttpResponse.json(500, {"error": "internal_error",
+                                               "message": "the broker failed; the request id is "
+                                                          + call.context.request_id})
+        response.headers.setdefault("X-Request-Id", call.context.request_id)
+        self._cors(request, response)
+        return response
+
+    def error_response(self, call: Call, exc: BrokerError) -> HttpResponse:
+        """Audit an error (best effort) and render it as a JSON response."""
+        if not isinstance(exc, AuditUnavailable):  # that one was logged where it happened
+            rec = audit.record(now=call.now, context=call.context, error=exc, client=call.client_id)
+            try:
+                self.audit_log.emit(rec)
+            except AuditUnavailable as audit_exc:
+                # Nothing was issued, so the client still learns what was wrong with its request.
+                log_event("audit_write_failed", error=audit_exc.message,
+                          request_id=call.context.request_id)
+        headers = {"WWW-Authenticate": 'ApiKey header="x-api-key"'} if isinstance(exc, Unauthenticated) else {}
+        return HttpResponse.json(exc.status, exc.to_body(), headers)
+
+    def _allowed_origin(self, origin: str | None) -> str | None:
+        if not origin:
+            return None
+        try:
+            origins = self.rules.current().cors_origins
+        except BrokerError:
+            return None
+        if origin in origins:
+            return origin
+        return "*" if "*" in origins else None
+
+    def _cors(self, request: HttpRequest, response: HttpResponse) -> None:
+        allowed = self._allowed_origin(request.header("origin"))
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+        response.headers["Vary"] = "Origin"
+
+    def _preflight(self, request: HttpRequest) -> HttpResponse:
+        methods = self.router.methods(request.path)
+        if not methods:
+            self.router.match("GET", request.path)  # raises NotFound with the usual message
+        response = HttpResponse(204)
+        if self._allowed_origin(request.header("origin")):
+            response.headers.update({
+                "Access-Control-Allow-Methods": ", ".join(sorted(methods | {"OPTIONS"})),
+                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+            })
+        return response
+
+
+def build(settings: config.Settings, *, s3_client: Any = None, audit_stream: Any = sys.stdout,
+          clock: Callable[[], datetime] = utcnow) -> Broker:
+    """Assemble a Broker from settings: rules provider, one S3 client, signer and audit log."""
+    from .signing import credentials_expiry, make_s3_client
+    from .sources import open_source
+
+    holder: dict[str, Any] = {}
+
+    def client_factory() -> Any:
+        if "client" not in holder:
+            holder["client"] = s3_client or make_s3_client(settings, "us-east-1")
+        return holder["client"]
+
+    provider = RulesProvider(open_source(settings.rules, s3_client_factory=client_factory),
+                             reload_seconds=settings.rules_reload_seconds)
+    ruleset = provider.refresh()
+    if s3_client is None:
+        s3_client = holder.get("client") or make_s3_client(
+            settings, ruleset.region if ruleset else "us-east-1")
+    signer = Signer(s3_client, credentials_expiry=credentials_expiry(s3_client))
+    return Broker(provider, signer, AuditLog(stream=audit_stream, path=settings.audit_file),
+                  clock=clock, max_body_bytes=settings.max_body_bytes, store=s3_client)

@@ -1,0 +1,119 @@
+"""The audit log: one JSON line per decision, built by a pure function, written at the edge.
+
+Records hold identifiers only, never a signature, session token, API key or raw event
+(the shape is ``schemas/audit.schema.json``). If the audit file cannot be written the broker
+refuses to issue (fail closed): :meth:`AuditLog.emit` raises ``AuditUnavailable``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from datetime import datetime
+from typing import IO, Any
+
+from .errors import AuditUnavailable, BrokerError
+from .models import Decision, RequestContext, SignedPost, UploadRequest
+from .signing import public_conditions
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def record(
+    *,
+    now: datetime,
+    context: RequestContext,
+    decision: Decision | None = None,
+    request: UploadRequest | None = None,
+    signed: SignedPost | None = None,
+    error: BrokerError | None = None,
+    client: str | None = None,
+    event: str = "upload",
+) -> dict[str, Any]:
+    """The audit record (a plain dict) for one decision or error. Pure."""
+    rec: dict[str, Any] = {
+        "time": _iso(now),
+        "event": event,
+        "request_id": context.request_id,
+        "protocol": context.protocol,
+        "transport": context.transport,
+        "source_ip": context.source_ip,
+        "user_agent": (context.user_agent or "")[:256] or None,
+        "client": decision.client if decision else client,
+        "profile": decision.profile if decision else None,
+    }
+    if request is not None:
+        rec["content_type"] = request.content_type[:256]
+        rec["size"] = request.size
+    if decision is not None and decision.allowed and decision.grant is not None:
+        grant = decision.grant
+        rec.update(decision="allowed", status=200, bucket=grant.bucket, key=grant.key,
+                   content_type=grant.content_type, size_range=[grant.min_bytes, grant.max_bytes])
+        if signed is not None:
+            rec["expires_at"] = _iso(signed.expires_at)
+            rec["conditions"] = public_conditions(signed.conditions)
+    elif decision is not None:
+        rec.update(decision="denied", status=decision.status, check=decision.check.value
+                   if decision.check else None, reason=decision.reason,
+                   expected=decision.expected, actual=decision.actual)
+    elif error is not None:
+        rec.update(decision="error", status=error.status, error=error.code,
+                   reason=error.message[:500], path=error.details.get("path"))
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+class AuditLog:
+    """Writes audit records as JSON lines to a stream (stdout) and optionally a file."""
+
+    def __init__(self, *, stream: IO[str] | None = sys.stdout, path: str | None = None) -> None:
+        self._stream = stream
+        self._path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        if path:
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open the audit log {self._path}: {exc.strerror}") from None
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        """Write one record as one line; raises ``AuditUnavailable`` if the file write fails."""
+        line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        data = line.encode("utf-8")
+        with self._lock:
+            if self._path:
+                self._write_file(data)
+            if self._stream is not None:
+                try:
+                    self._stream.write(line)
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # the file (or, on Lambda, CloudWatch) is the record of truth
+
+    def _write_file(self, data: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._open()
+            # One write() on an O_APPEND descriptor: lines from threads never interleave.
+            written = os.write(self._fd, data)  # type: ignore[arg-type]
+            if written != len(data):
+                raise OSError(0, "short write")
+        except OSError as exc:
+            self.close()
+            raise AuditUnavailable(
+                f"cannot write the audit log {self._path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        """Close the audit file (it is reopened on the next write)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None

@@ -1,0 +1,221 @@
+"""The ``broker`` command: check rules, explain a decision, serve locally, make API keys."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from . import __version__
+from .config import DEFAULT_RULES, Settings, api_key_hash, load_rules_file
+from .errors import BrokerError, ConfigError, RulesError
+
+EPILOG = """\
+examples:
+  broker check rules.yaml
+  broker explain --client web-app --profile avatars --filename me.png \\
+                 --content-type image/png --size 120000
+  broker hash-key                      # a new API key and the line for rules.yaml
+  BROKER_AUDIT_FILE=var/audit.jsonl broker serve --port 8000
+
+settings come from the environment (see README, "Settings"): BROKER_RULES (a path or
+s3://bucket/key), BROKER_AUDIT_FILE, AWS_ENDPOINT_URL_S3, AWS_REGION, ...
+"""
+
+
+def _rules_path(value: str | None) -> str:
+    return value or os.environ.get("BROKER_RULES") or DEFAULT_RULES
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a rules file; list every problem; exit 1 on any."""
+    path = _rules_path(args.rules)
+    try:
+        ruleset = load_rules_file(path)
+    except RulesError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    n_rules = sum(len(c.rules) for c in ruleset.clients.values())
+    print(f"{path}: OK ({len(ruleset.clients)} clients, {n_rules} rules, "
+          f"buckets: {', '.join(sorted(ruleset.buckets()))})")
+    if args.verbose:
+        for client in ruleset.clients.values():
+            for rule in client.rules.values():
+                print(f"  {client.id}/{rule.name}: s3://{rule.bucket}/{rule.key_template}  "
+                      f"{rule.min_bytes}-{rule.max_bytes} bytes  {' '.join(rule.content_types)}  "
+                      f"expires in {rule.expires_in}s")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Dry-run one request through the rules and print the decision (no signing, no I/O)."""
+    from . import rules as engine
+    from .models import UploadRequest
+
+    try:
+        ruleset = load_rules_file(_rules_path(args.rules))
+    except RulesError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    client = ruleset.clients.get(args.client)
+    if client is None:
+        print(f"unknown client '{args.client}'; clients: {', '.join(sorted(ruleset.clients))}",
+              file=sys.stderr)
+        return 2
+    metadata = dict(item.split("=", 1) for item in args.metadata or [])
+    request = UploadRequest(args.filename, args.content_type, args.size, args.profile, metadata)
+    now = datetime.now(timezone.utc)
+    try:
+        decision = engine.evaluate(ruleset, client, request, now=now, random_id=secrets.token_hex(16))
+    except BrokerError as exc:
+        _print({"decision": "error", "error": exc.code, "message": exc.message, **exc.details}, args)
+        return 1
+    if not decision.allowed:
+        _print({"decision": "denied", "client": decision.client, "rule": decision.profile,
+                "check": decision.check.value if decision.check else None,
+                "reason": decision.reason, "expected": decision.expected,
+                "actual": decision.actual}, args)
+        return 1
+    grant = decision.grant
+    assert grant is not None
+    conditions = [{"bucket": grant.bucket}, {"key": grant.key}, *grant.conditions()]
+    _print({"decision": "allowed", "client": grant.client, "rule": grant.profile,
+            "bucket": grant.bucket, "key": grant.key, "expires_in": grant.expires_in,
+            "conditions": conditions,
+            "note": "the key's random part differs on every real request"}, args)
+    return 0
+
+
+def _print(payload: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+        return
+    for name, value in payload.items():
+        if name == "conditions":
+            print("conditions that would be signed:")
+            for cond in value:
+                print(f"  {json.dumps(cond)}")
+        else:
+            print(f"{name}: {value if isinstance(value, str) else json.dumps(value, default=str)}")
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """Print a new random API key (or hash a given one) and its rules.yaml entry."""
+    key = sys.stdin.readline().strip() if args.stdin else args.key
+    if not key:
+        key = "bk_" + secrets.token_urlsafe(32)
+        print(f"api key (give it to the client; it is not stored anywhere): {key}")
+    print(f"rules.yaml entry:  api_key_sha256: [\"{api_key_hash(key)}\"]")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the local HTTP server (waitress) for the API and the upload page."""
+    from .adapters.wsgi import WsgiApp, serve
+    from .app import build
+    from .sources import log_event
+
+    env = dict(os.environ)
+    if args.rules:
+        env["BROKER_RULES"] = args.rules
+    if args.audit_file:
+        env["BROKER_AUDIT_FILE"] = args.audit_file
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"broker serve: {exc.message}", file=sys.stderr)
+        return 2
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    broker = build(settings)
+    if broker.rules.last_error is not None or broker.rules.refresh() is None:
+        err = broker.rules.last_error
+        print(f"broker serve: the rules do not load, so nothing would be issued:\n"
+              f"{getattr(err, 'message', err)}", file=sys.stderr)
+        return 2
+    _check_port(host, port)
+    log_event("serving", url=f"http://{host}:{port}/", rules=settings.rules,
+              audit_file=settings.audit_file, store=settings.s3_endpoint_url or "AWS S3")
+    try:
+        serve(WsgiApp(broker), host, port, threads=args.threads)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"broker serve: cannot listen on {host}:{port} ({exc.strerror}); "
+                             "is another broker running? choose another with --port or BROKER_PORT")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one sub-command per task."""
+    parser = argparse.ArgumentParser(
+        prog="broker", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Issue S3 presigned POST forms to browsers, only for uploads rules.yaml allows.")
+    parser.add_argument("--version", action="version", version=f"broker {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate a rules file and list every problem",
+                       description="Validate a rules file against the schema and semantically; "
+                                   "exit 1 if there is any problem, listing all of them.")
+    p.add_argument("rules", nargs="?", help=f"rules file (default: $BROKER_RULES or {DEFAULT_RULES})")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every client's rules")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explain", help="dry-run one upload request through the rules",
+                       description="Print what the broker would decide for one request, and for an "
+                                   "allowed one the policy conditions it would sign. Exit 0 if "
+                                   "allowed, 1 if denied, 2 on a usage error.")
+    p.add_argument("--rules", help="rules file (default: $BROKER_RULES or the bundled rules.yaml)")
+    p.add_argument("--client", required=True, help="client id as in rules.yaml")
+    p.add_argument("--profile", help="rule name (default: the client's default profile)")
+    p.add_argument("--filename", required=True, help="the file's original name")
+    p.add_argument("--content-type", required=True, help="the media type, e.g. image/png")
+    p.add_argument("--size", type=int, help="declared size in bytes")
+    p.add_argument("--metadata", action="append", metavar="NAME=VALUE", help="client metadata (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="run the local HTTP server (API + upload page)",
+                       description="Serve the HTTP API and the upload page with waitress. Settings "
+                                   "come from the environment; flags override them.")
+    p.add_argument("--rules", help="rules file or s3:// URL (default: $BROKER_RULES)")
+    p.add_argument("--host", help="address to bind (default: $BROKER_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: $BROKER_PORT or 8000)")
+    p.add_argument("--audit-file", help="JSON Lines audit file (default: $BROKER_AUDIT_FILE)")
+    p.add_argument("--threads", type=int, default=8, help="worker threads (default: 8)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("hash-key", help="make a new API key and its rules.yaml line",
+                       description="Print a new random API key and the api_key_sha256 entry for "
+                                   "rules.yaml. With --key or --stdin, hash an existing key instead.")
+    p.add_argument("--key", help="hash this key instead of making one (visible in shell history)")
+    p.add_argument("--stdin", action="store_true", help="read the key to hash from standard input")
+    p.set_defaults(func=cmd_hash_key)
+
+    from .deploy import register_cli  # deployment helpers add their own sub-commands
+
+    register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``broker`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args))

@@ -1,0 +1,334 @@
+"""Settings from the environment and rules from YAML: parsed and validated once, loudly.
+
+``load_rules`` checks a rules document against ``schemas/rules.schema.json`` and then
+semantically, and raises :class:`~broker.errors.RulesError` listing *every* problem with its
+JSON path and rule name. A broker whose rules do not load issues nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from . import keys, schemas
+from .errors import ConfigError, Problem, RulesError
+from .mediatypes import EXTENSION_TYPES, type_matches
+from .models import Client, Encryption, Rule, RuleSet
+
+DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules.yaml")
+SINGLE_POST_LIMIT = 5 * 1000**3  # S3 refuses a single POST above 5 GB
+MULTIPART_LIMIT = 5 * 1024**4  # and any object above 5 TiB
+_UNITS = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+          "KiB": 1024, "kiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kKMGT]i?B|B)$")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is about 8x faster
+
+RULE_DEFAULTS: dict[str, Any] = {
+    "key": "uploads/{client}/{profile}/{date}/{uuid}{ext}",
+    "min_bytes": 1,
+    "expires_in": 300,
+    "acl": "private",
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings, read once from the environment (see README, "Settings")."""
+
+    rules: str = DEFAULT_RULES
+    rules_reload_seconds: float = 2.0
+    audit_file: str | None = None
+    region: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_addressing_style: str = "auto"
+    max_body_bytes: int = 64 * 1024
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from ``env`` (default ``os.environ``); bad values raise ``ConfigError``."""
+        env = os.environ if env is None else env
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        style = env.get("BROKER_S3_ADDRESSING_STYLE", "path" if endpoint else "auto")
+        if style not in ("auto", "path", "virtual"):
+            raise ConfigError(
+                f"BROKER_S3_ADDRESSING_STYLE={style!r} is not one of: auto, path, virtual"
+            )
+        rules = env.get("BROKER_RULES") or DEFAULT_RULES
+        default_reload = 60.0 if rules.startswith("s3://") else 2.0
+        return cls(
+            rules=rules,
+            rules_reload_seconds=_number(env, "BROKER_RULES_RELOAD_SECONDS", default_reload, float),
+            audit_file=env.get("BROKER_AUDIT_FILE") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            s3_endpoint_url=endpoint,
+            s3_addressing_style=style,
+            max_body_bytes=_number(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, int),
+            host=env.get("BROKER_HOST", "127.0.0.1"),
+            port=_number(env, "BROKER_PORT", 8000, int),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: Any, kind: Callable[[str], Any]) -> Any:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``'5 MB'`` (decimal) or ``'5 MiB'`` (binary)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 1048576, '5 MB' or '5 MiB'")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit])
+
+
+def api_key_hash(api_key: str) -> str:
+    """The SHA-256 hex digest stored in ``rules.yaml`` for an API key."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def load_rules_file(path: str | os.PathLike[str]) -> RuleSet:
+    """Read and validate a rules file from disk."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(str(path), [Problem("$", f"cannot read the rules file: {exc.strerror}")])
+    return load_rules(data, source=str(path))
+
+
+def load_rules(text: str | bytes, *, source: str = "<rules>") -> RuleSet:
+    """Parse and validate a rules document; raises ``RulesError`` with every problem found."""
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RulesError(source, [Problem("$", f"not valid YAML at {where}: {problem}")]) from None
+    if not isinstance(doc, dict):
+        raise RulesError(source, [Problem("$", "the rules file must be a YAML mapping "
+                                               "with version, bucket and clients")])
+    problems = _schema_problems(doc)
+    broken = {p.path for p in problems}
+    ruleset, semantic = _build(doc, source, broken)
+    problems.extend(semantic)
+    if problems:
+        raise RulesError(source, problems)
+    assert ruleset is not None
+    return ruleset
+
+
+def _rule_name_at(doc: Any, parts: list[Any]) -> str | None:
+    """The rule name for a path under ``clients.<id>.rules[i]``, if the path is in one."""
+    if len(parts) >= 4 and parts[0] == "clients" and parts[2] == "rules":
+        try:
+            rule = doc["clients"][parts[1]]["rules"][parts[3]]
+            return str(rule.get("name")) if isinstance(rule, dict) else None
+        except (KeyError, IndexError, TypeError):
+            return None
+    return None
+
+
+def _schema_problems(doc: Any) -> list[Problem]:
+    errors = list(schemas.validator("rules").iter_errors(doc))
+    # When a property of a rule is invalid, unevaluatedProperties also flags every sibling
+    # (they count as "unevaluated"); drop that noise where a real error explains it.
+    real = [list(e.absolute_path) for e in errors if e.validator != "unevaluatedProperties"]
+    problems = []
+    for err in errors:
+        parts = list(err.absolute_path)
+        if err.validator == "unevaluatedProperties" and any(r[:len(parts)] == parts for r in real):
+            continue
+        problems.append(Problem(schemas.json_path(parts), _schema_message(err), _rule_name_at(doc, parts)))
+    return sorted(problems, key=lambda p: p.path)
+
+
+def _schema_message(err: Any) -> str:
+    """jsonschema's message, made shorter and clearer for the common cases."""
+    if err.validator == "unevaluatedProperties" or err.validator == "additionalProperties":
+        return f"unknown field(s): {err.message.split('(')[-1].rstrip(')')}"
+    if err.validator == "pattern" and isinstance(err.instance, str):
+        return f"{err.instance!r} does not match the expected form {err.validator_value}"
+    if err.validator == "oneOf" and str(err.schema.get("description", "")).startswith("Bytes"):
+        return f"{err.instance!r} is not a size such as 1048576, '5 MB' or '5 MiB'"
+    return err.message
+
+
+def _inside(path: str, broken: set[str]) -> bool:
+    return any(b == path or b.startswith(path + ".") or b.startswith(path + "[") for b in broken)
+
+
+def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet | None, list[Problem]]:
+    """Turn a schema-checked document into a RuleSet, collecting semantic problems."""
+    problems: list[Problem] = []
+    if any(not b.startswith("$.clients.") for b in broken) or not isinstance(doc.get("clients"), dict):
+        return None, problems  # top-level errors: semantic checks would only add noise
+    bucket = doc["bucket"]
+    region = doc.get("region", "us-east-1")
+    max_expires = doc.get("max_expires_in", 3600)
+    defaults = {**RULE_DEFAULTS, **doc.get("defaults", {})}
+    clients: dict[str, Client] = {}
+    by_key: dict[str, str] = {}
+    by_principal: dict[str, str] = {}
+    key_paths: dict[str, str] = {}
+    for cid, cdoc in doc["clients"].items():
+        cpath = f"$.clients.{cid}"
+        if not isinstance(cdoc, dict) or not isinstance(cdoc.get("rules"), list) or \
+                _inside(cpath, {b for b in broken if not b.startswith(f"{cpath}.rules[")}):
+            continue
+        rules: dict[str, Rule] = {}
+        for i, rdoc in enumerate(cdoc["rules"]):
+            rpath = f"{cpath}.rules[{i}]"
+            if _inside(rpath, broken):
+                continue
+            name = rdoc["name"]
+            if name in rules:
+                problems.append(Problem(f"{rpath}.name", f"duplicate rule name '{name}' in client '{cid}'", name))
+                continue
+            rule, rule_problems = _build_rule(cid, {**defaults, **rdoc}, bucket, region, max_expires, rpath)
+            problems.extend(rule_problems)
+            rules[name] = rule
+        default_profile = cdoc.get("default_profile")
+        if default_profile is not None and default_profile not in rules:
+            problems.append(Problem(f"{cpath}.default_profile",
+                                    f"default_profile '{default_profile}' is not one of this client's "
+                                    f"rules ({', '.join(rules)})"))
+        hashes = tuple(cdoc.get("api_key_sha256", ()))
+        principals = tuple(cdoc.get("principals", ()))
+        if not hashes and not principals:
+            problems.append(Problem(cpath, f"client '{cid}' has neither api_key_sha256 nor principals, "
+                                           "so no request can ever be recognised as it"))
+        for j, digest in enumerate(hashes):
+            if digest in by_key:
+                problems.append(Problem(f"{cpath}.api_key_sha256[{j}]",
+                                        f"this API key hash is already used by client '{by_key[digest]}' "
+                                        f"(at {key_paths[digest]}); each key must identify one client"))
+            else:
+                by_key[digest] = cid
+                key_paths[digest] = f"{cpath}.api_key_sha256[{j}]"
+        for j, principal in enumerate(principals):
+            if principal in by_principal:
+                problems.append(Problem(f"{cpath}.principals[{j}]",
+                                        f"principal '{principal}' is already mapped to client "
+                                        f"'{by_principal[principal]}'"))
+            else:
+                by_principal[principal] = cid
+        clients[cid] = Client(cid, rules, hashes, principals, default_profile, cpath)
+    problems.extend(_overlap_problems(clients))
+    cors = doc.get("cors", {}).get("allowed_origins", [])
+    digest = hashlib.sha256(repr(doc).encode()).hexdigest()[:16]
+    ruleset = RuleSet(1, bucket, region, max_expires, tuple(cors), clients, by_key, by_principal,
+                      source, digest)
+    return ruleset, problems
+
+
+def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expires: int,
+                path: str) -> tuple[Rule, list[Problem]]:
+    name = r["name"]
+    problems: list[Problem] = []
+
+    def problem(field: str, message: str) -> None:
+        problems.append(Problem(f"{path}.{field}" if field else path, message, name))
+
+    sizes = {}
+    for field in ("min_bytes", "max_bytes"):
+        try:
+            sizes[field] = parse_size(r[field]) if field in r else None
+        except ValueError as exc:
+            problem(field, str(exc))
+            sizes[field] = 0
+    min_bytes, max_bytes = sizes["min_bytes"] or 0, sizes["max_bytes"]
+    if max_bytes is None:
+        problem("", "max_bytes is required (in the rule or in defaults): every upload needs a size limit")
+        max_bytes = 0
+    elif min_bytes > max_bytes:
+        problem("max_bytes", f"max_bytes ({max_bytes}) must be >= min_bytes ({min_bytes})")
+    limit = MULTIPART_LIMIT if r.get("multipart") else SINGLE_POST_LIMIT
+    if max_bytes > limit:
+        what = "5 TiB, the largest S3 object" if r.get("multipart") else \
+               "5 GB, the most one POST can carry (set multipart: true for larger files)"
+        problem("max_bytes", f"max_bytes ({max_bytes}) is above {what}")
+    if "content_types" not in r:
+        problem("", "content_types is required (in the rule or in defaults); use ['*/*'] to allow any")
+    content_types = tuple(t.lower() for t in r.get("content_types", ()))
+    for msg in keys.template_problems(r["key"]):
+        problem("key", f"key template {r['key']!r}: {msg}")
+    if r["expires_in"] > max_expires:
+        problem("expires_in", f"expires_in ({r['expires_in']}s) is above max_expires_in ({max_expires}s)")
+    extensions = tuple(r.get("extensions", ()))
+    for j, ext in enumerate(extensions):
+        types = EXTENSION_TYPES.get(ext)
+        if types is None:
+            problem(f"extensions[{j}]", f"the broker does not know which content types '{ext}' files have; "
+                                         f"known: {' '.join(sorted(EXTENSION_TYPES))}")
+        elif not any(type_matches(t, content_types) for t in types):
+            problem(f"extensions[{j}]", f"'{ext}' files are {' or '.join(sorted(types))}, none of which "
+                                         f"content_types allows ({', '.join(content_types)})")
+    enc = r.get("encryption")
+    encryption = None if enc is None else (
+        Encryption("AES256") if enc == "AES256" else Encryption("aws:kms", enc["kms_key_id"]))
+    status = r.get("success_action_status")
+    rule = Rule(
+        name=name, client=cid, key_template=r["key"], bucket=r.get("bucket", bucket), region=region,
+        min_bytes=min_bytes, max_bytes=max_bytes, content_types=content_types,
+        expires_in=min(r["expires_in"], max_expires), extensions=extensions, acl=r["acl"],
+        cache_control=r.get("cache_control"), content_disposition=r.get("content_disposition"),
+        encryption=encryption, storage_class=r.get("storage_class"),
+        metadata=dict(r.get("metadata", {})), client_metadata=tuple(r.get("client_metadata", ())),
+        success_action_status=None if status is None else str(status),
+        multipart=bool(r.get("multipart", False)), path=path,
+    )
+    return rule, problems
+
+
+def _overlap_problems(clients: Mapping[str, Client]) -> list[Problem]:
+    """Prefixes of different clients in one bucket where one is a prefix of the other."""
+    entries = []
+    for client in clients.values():
+        for rule in client.rules.values():
+            try:
+                entries.append((rule.bucket, rule.key_prefix, client.id, rule))
+            except ValueError:
+                continue  # a malformed template is already reported
+    entries.sort(key=lambda e: (e[0], e[1]))
+    problems, seen = [], set()
+    for i, (bucket, prefix, cid, rule) in enumerate(entries):
+        for other_bucket, other_prefix, other_cid, other in entries[i + 1:]:
+            if other_bucket != bucket or not other_prefix.startswith(prefix):
+                break
+            if other_cid != cid and (cid, other_cid) not in seen:
+                seen.add((cid, other_cid))
+                problems.append(Problem(
+                    f"{rule.path}.key",
+                    f"keys of client '{cid}' (prefix '{prefix}') overlap keys of client '{other_cid}' "
+                    f"rule '{other.name}' (prefix '{other_prefix}') in bucket '{bucket}': one client "
+                    "could write among the other's objects; start each template with a prefix that "
+                    "ends in '{client}/'",
+                    rule.name,
+                ))
+    return problems
+

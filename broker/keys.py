@@ -1,0 +1,172 @@
+"""Object keys: templates, server-random names and filename sanitizing. Pure.
+
+A key template such as ``uploads/{client}/{profile}/{date}/{uuid}{ext}`` is
+rendered per grant. ``{uuid}`` is mandatory and always server-generated, so two
+grants never share a key and no client can choose or overwrite one.
+"""
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from datetime import datetime
+from urllib.parse import quote
+
+from .errors import InvalidRequest
+
+#: Placeholders a key template may use, with the longest value each can take.
+PLACEHOLDERS: dict[str, int] = {
+    "client": 64,
+    "profile": 64,
+    "uuid": 32,
+    "date": 10,
+    "year": 4,
+    "month": 2,
+    "day": 2,
+    "ext": 11,
+    "filename": 128,
+}
+#: Placeholders that vary per request; everything before the first one is a fixed prefix.
+PER_REQUEST = frozenset({"uuid", "date", "year", "month", "day", "ext", "filename"})
+
+MAX_KEY_BYTES = 1024
+MAX_FILENAME_CHARS = 128
+# Characters S3 documents as safe in keys; template literals must stay within them.
+_SAFE_LITERAL = re.compile(r"^[A-Za-z0-9!_.*'()/=-]*$")
+_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
+_SLASHES = {"/", "\\", "\u2044", "\u2215", "\u29f8", "\uff0f", "\uff3c", "\u2216", "\ufe68"}
+
+
+def parse_template(template: str) -> list[tuple[str, str | None]]:
+    """Split a template into ``(literal, placeholder)`` pairs; raises ``ValueError``."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"malformed template: {exc}") from None
+    out = []
+    for literal, name, spec, conv in parts:
+        if spec or conv:
+            raise ValueError(f"placeholder '{{{name}}}' may not have a format spec or conversion")
+        out.append((literal, name))
+    return out
+
+
+def template_problems(template: str) -> list[str]:
+    """Everything wrong with a key template, as messages (empty when it is fine)."""
+    try:
+        parts = parse_template(template)
+    except ValueError as exc:
+        return [str(exc)]
+    problems = []
+    names = [n for _, n in parts if n is not None]
+    for name in names:
+        if name not in PLACEHOLDERS:
+            choices = ", ".join("{%s}" % p for p in PLACEHOLDERS)
+            problems.append(f"unknown placeholder '{{{name}}}' (choose from {choices})")
+    if "uuid" not in names:
+        problems.append("must contain '{uuid}' so every key is server-random and never overwritten")
+    literals = "".join(lit for lit, _ in parts)
+    if not _SAFE_LITERAL.match(literals):
+        problems.append("literal text may only use A-Z a-z 0-9 and ! _ . * ' ( ) / = -")
+    if template.startswith("/"):
+        problems.append("must not start with '/'")
+    if ".." in literals or "//" in template:
+        problems.append("must not contain '..' or '//'")
+    if "${" in template:
+        problems.append("must not contain '${' (S3 would treat it as ${filename})")
+    longest = len(literals.encode()) + sum(PLACEHOLDERS.get(n, 0) for n in names)
+    if longest > MAX_KEY_BYTES:
+        problems.append(f"keys could reach {longest} bytes; S3 allows {MAX_KEY_BYTES}")
+    return problems
+
+
+def static_prefix(template: str, *, client: str, profile: str) -> str:
+    """The literal prefix every key from this template starts with."""
+    prefix = []
+    for literal, name in parse_template(template):
+        prefix.append(literal)
+        if name is None:
+            continue
+        if name in PER_REQUEST:
+            break
+        prefix.append(client if name == "client" else profile)
+    return "".join(prefix)
+
+
+def check_filename(filename: str) -> str:
+    """Return the NFC form of a client filename, or raise ``InvalidRequest`` if it is hostile."""
+    name = unicodedata.normalize("NFC", filename)
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"filename contains the control or format character U+{ord(bad):04X}; "
+            "send the plain file name",
+            path="$.filename",
+        )
+    folded = unicodedata.normalize("NFKC", name)
+    if any(c in _SLASHES for c in name) or any(c in _SLASHES for c in folded):
+        raise InvalidRequest(
+            "filename must be a base name without '/' or '\\' (or look-alike slashes)",
+            path="$.filename",
+        )
+    if name.strip(". ") == "":
+        raise InvalidRequest("filename must not be empty, '.' or '..'", path="$.filename")
+    if len(name) > 1024:
+        raise InvalidRequest("filename is longer than 1024 characters", path="$.filename")
+    return name
+
+
+def slugify(filename: str) -> str:
+    """Reduce a checked filename to ``[A-Za-z0-9._-]``, without '..' or a leading dot."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    slug = _SLUG_UNSAFE.sub("-", ascii_name)
+    slug = re.sub(r"\.{2,}", ".", slug)
+    slug = re.sub(r"-{2,}", "-", slug).strip(".-")
+    if len(slug) > MAX_FILENAME_CHARS:
+        stem, dot, ext = slug.rpartition(".")
+        keep = MAX_FILENAME_CHARS - len(ext) - 1
+        slug = f"{stem[:keep]}.{ext}" if dot and 0 < len(ext) <= 10 else slug[:MAX_FILENAME_CHARS]
+    return slug or "file"
+
+
+def extension(filename: str) -> str:
+    """The lower-case extension with its dot (``.png``), or ``''`` if there is no safe one."""
+    _, dot, ext = filename.rpartition(".")
+    candidate = f".{ext.lower()}" if dot else ""
+    return candidate if _EXT.match(candidate) else ""
+
+
+def render_key(
+    template: str,
+    *,
+    client: str,
+    profile: str,
+    random_id: str,
+    now: datetime,
+    filename: str,
+) -> str:
+    """Render a validated template for one grant; ``random_id`` is 32 hex digits."""
+    if not re.fullmatch(r"[0-9a-f]{32}", random_id):
+        raise ValueError("random_id must be 32 lower-case hex digits (a uuid4().hex)")
+    values = {
+        "client": client,
+        "profile": profile,
+        "uuid": random_id,
+        "date": now.strftime("%Y-%m-%d"),
+        "year": now.strftime("%Y"),
+        "month": now.strftime("%m"),
+        "day": now.strftime("%d"),
+        "ext": extension(filename),
+        "filename": slugify(filename),
+    }
+    return template.format_map(values)
+
+
+def content_disposition(disposition: str, filename: str) -> str:
+    """An RFC 6266 header value: ASCII fallback plus ``filename*`` for non-ASCII names."""
+    slug = slugify(filename)
+    value = f'{disposition}; filename="{slug}"'
+    if not filename.isascii() or slug != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value

@@ -1,0 +1,182 @@
+"""Plain, immutable values that flow between the broker's layers.
+
+Nothing here does I/O: the rules engine consumes and produces only these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Mapping
+
+
+class Check(str, Enum):
+    """The check that denied a request; the value is the wire name."""
+
+    UNKNOWN_PROFILE = "unknown_profile"
+    PROFILE_REQUIRED = "profile_required"
+    CONTENT_TYPE_NOT_ALLOWED = "content_type_not_allowed"
+    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
+    EXTENSION_MISMATCH = "extension_mismatch"
+    TOO_LARGE = "too_large"
+    TOO_SMALL = "too_small"
+    METADATA_NOT_ALLOWED = "metadata_not_allowed"
+    METADATA_TOO_LARGE = "metadata_too_large"
+    MULTIPART_NOT_ALLOWED = "multipart_not_allowed"
+    KEY_NOT_GRANTED = "key_not_granted"
+    CONDITION_NOT_ALLOWED = "condition_not_allowed"
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """Server-side encryption a rule requires: SSE-S3 (``AES256``) or SSE-KMS (``aws:kms``)."""
+
+    mode: str
+    kms_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One named upload profile of one client, as validated from ``rules.yaml``."""
+
+    name: str
+    client: str
+    key_template: str
+    bucket: str
+    region: str
+    min_bytes: int
+    max_bytes: int
+    content_types: tuple[str, ...]
+    expires_in: int
+    extensions: tuple[str, ...] = ()
+    acl: str = "private"
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    encryption: Encryption | None = None
+    storage_class: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    client_metadata: tuple[str, ...] = ()
+    success_action_status: str | None = None
+    multipart: bool = False
+    path: str = "$"
+
+    @property
+    def key_prefix(self) -> str:
+        """The fixed part of the key before the first per-request placeholder."""
+        from .keys import static_prefix  # local: keys imports models
+
+        return static_prefix(self.key_template, client=self.client, profile=self.name)
+
+
+@dataclass(frozen=True)
+class Client:
+    """A caller the broker recognises, and the upload rules it may use."""
+
+    id: str
+    rules: Mapping[str, Rule]
+    api_key_sha256: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()
+    default_profile: str | None = None
+    path: str = "$"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Everything loaded from one rules file, with O(1) lookups by credential."""
+
+    version: int
+    bucket: str
+    region: str
+    max_expires_in: int
+    cors_origins: tuple[str, ...]
+    clients: Mapping[str, Client]
+    by_api_key: Mapping[str, str]
+    by_principal: Mapping[str, str]
+    source: str = "<memory>"
+    digest: str = ""
+
+    def buckets(self) -> set[str]:
+        """Every bucket any rule can write to."""
+        return {r.bucket for c in self.clients.values() for r in c.rules.values()}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the edge found about the caller; the raw API key never leaves the edge."""
+
+    api_key_sha256: str | None = None
+    principals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """A client's request for permission to upload one file."""
+
+    filename: str
+    content_type: str
+    size: int | None = None
+    profile: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Facts about the HTTP request kept for the audit log (identifiers only)."""
+
+    request_id: str
+    source_ip: str | None = None
+    user_agent: str | None = None
+    protocol: str = "native"
+    transport: str = "http"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the rules allow for one upload: exactly one key, one type, one size range."""
+
+    client: str
+    profile: str
+    bucket: str
+    key: str
+    content_type: str
+    min_bytes: int
+    max_bytes: int
+    expires_in: int
+    fields: Mapping[str, str]
+
+    def conditions(self) -> list[Any]:
+        """Policy conditions for every field besides ``bucket``/``key`` (boto3 adds those)."""
+        conds: list[Any] = [{name: value} for name, value in self.fields.items()]
+        conds.append(["content-length-range", self.min_bytes, self.max_bytes])
+        return conds
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of evaluating one request: a grant, or the rule and check that denied it."""
+
+    allowed: bool
+    client: str
+    profile: str | None = None
+    grant: Grant | None = None
+    check: Check | None = None
+    reason: str | None = None
+    expected: Any = None
+    actual: Any = None
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this decision maps to."""
+        if self.allowed:
+            return 200
+        return 413 if self.check is Check.TOO_LARGE else 403
+
+
+@dataclass(frozen=True)
+class SignedPost:
+    """Presigned POST form: where to post, the form fields, and when it expires."""
+
+    url: str
+    fields: Mapping[str, str]
+    expires_at: datetime
+    conditions: tuple[Any, ...] = ()

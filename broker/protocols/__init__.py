@@ -1,0 +1,19 @@
+"""Wire protocols: each module turns its clients' requests into UploadRequests.
+
+- ``native``: ``POST /uploads`` (the broker's own JSON API, see ``schemas/openapi.yaml``)
+
+Each module has ``register(broker)`` adding its routes to ``broker.router``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..app import Broker
+
+
+def register_all(broker: "Broker") -> None:
+    """Add every protocol's routes to the broker."""
+    from . import native
+
+    native.register(broker)

@@ -1,0 +1,139 @@
+"""Transport-neutral HTTP request/response values and a small route table.
+
+The Lambda adapter and the WSGI adapter both turn their input into :class:`HttpRequest`
+and render :class:`HttpResponse`; everything between is shared.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qs
+
+from .errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One HTTP request as the broker sees it; header names are lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, list[str]] = field(default_factory=dict)
+    body: bytes = b""
+    source_ip: str | None = None
+    request_id: str = ""
+    principals: tuple[str, ...] = ()
+    path_params: Mapping[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """A header's value by lower-case name."""
+        return self.headers.get(name)
+
+    def query_one(self, name: str) -> str | None:
+        """The first value of a query parameter."""
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def json(self, max_bytes: int) -> Any:
+        """The body parsed as JSON; 413/415/400 for oversized, non-JSON or malformed bodies."""
+        if len(self.body) > max_bytes:
+            raise PayloadTooLarge(f"the request body is {len(self.body)} bytes; the limit is {max_bytes}")
+        ctype = (self.header("content-type") or "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json") and ctype != "text/plain":
+            raise UnsupportedMediaType(f"send the body as application/json, not {ctype[:80]}")
+        try:
+            return json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            raise InvalidRequest("the request body is not UTF-8", path="$") from None
+        except RecursionError:
+            raise InvalidRequest("the request body is nested too deeply", path="$") from None
+        except ValueError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}", path="$") from None
+
+    def form(self, max_bytes: int) -> dict[str, str]:
+        """An ``application/x-www-form-urlencoded`` body as a flat dict (first value wins)."""
+        if len(self.body) > max_bytes:
+            raise PayloadTooLarge(f"the request body is {len(self.body)} bytes; the limit is {max_bytes}")
+        try:
+            parsed = parse_qs(self.body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidRequest(f"the form body is malformed: {exc}", path="$") from None
+        return {k: v[0] for k, v in parsed.items()}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@dataclass
+class HttpResponse:
+    """A response: status, headers and a body (bytes)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> "HttpResponse":
+        """A JSON response that is never cached."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        return cls(status, body, {"Content-Type": "application/json", "Cache-Control": "no-store",
+                                  **(headers or {})})
+
+
+Handler = Callable[..., HttpResponse]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route: method, a path pattern with ``{name}`` segments, and its handler."""
+
+    method: str
+    pattern: str
+    handler: Handler
+    regex: re.Pattern[str]
+    protocol: str = "native"
+
+
+class Router:
+    """Maps (method, path) to a handler; exact paths are a dict lookup, patterns a short scan."""
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[str, str], Route] = {}
+        self._patterns: list[Route] = []
+        self._paths: dict[str, set[str]] = {}
+
+    def add(self, method: str, pattern: str, handler: Handler, *, protocol: str = "native") -> None:
+        """Register ``handler`` for ``method`` on ``pattern`` (e.g. ``/s3/multipart/{id}``)."""
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        route = Route(method, pattern, handler, regex, protocol)
+        if "{" in pattern:
+            self._patterns.append(route)
+        else:
+            self._exact[(method, pattern)] = route
+        self._paths.setdefault(pattern, set()).add(method)
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters; raises ``NotFound`` or ``MethodNotAllowed``."""
+        route = self._exact.get((method, path))
+        if route is not None:
+            return route, {}
+        allowed: set[str] = set(self._paths.get(path, ()))
+        for candidate in self._patterns:
+            m = candidate.regex.match(path)
+            if m:
+                if candidate.method == method:
+                    return candidate, m.groupdict()
+                allowed.add(candidate.method)
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(sorted(allowed))}")
+        raise NotFound(f"no such endpoint: {path[:200]}")
+
+    def methods(self, path: str) -> set[str]:
+        """Every method some route accepts on ``path`` (for CORS preflight)."""
+        found = set(self._paths.get(path, ()))
+        found.update(r.method for r in self._patterns if r.regex.match(path))
+        return found

@@ -1,0 +1,33 @@
+"""AWS Lambda entry point: ``lambda_handler.handler``.
+
+Settings and rules are loaded once per process (at cold start, during Lambda's init
+phase); each invocation is then event -> request -> decide -> sign -> audit -> response.
+If the settings are invalid the function still starts, logs why, and answers 503 to every
+request: it never issues anything it cannot audit or check.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from broker import app as _app
+from broker.adapters import apigw
+from broker.config import Settings
+from broker.errors import ConfigError, ServiceUnavailable
+from broker.sources import log_event
+
+try:
+    BROKER: _app.Broker | None = _app.build(Settings.from_env())
+    _START_ERROR: str | None = None
+except ConfigError as exc:  # fail closed, loudly, but keep answering with a clear 503
+    BROKER, _START_ERROR = None, exc.message
+    log_event("startup_failed", error=exc.message)
+
+
+def handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """Answer one API Gateway / Function URL event."""
+    if BROKER is None:
+        from broker.web import HttpResponse
+
+        body = ServiceUnavailable("the broker is misconfigured; the operator's log says why").to_body()
+        return apigw.to_event_response(HttpResponse.json(503, body), apigw.kind_of(event))
+    return apigw.handle(BROKER, event, context)
