@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
+pytest_plugins = ["tests.stack"]
+
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 28, 14, 49, 31, tzinfo=timezone.utc)
 WEB_KEY = "demo-web-app-key"

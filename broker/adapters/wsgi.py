@@ -100,4 +100,31 @@ def serve(app: WsgiApp, host: str, port: int, *, threads: int = 8) -> None:
     except ImportError:
         raise SystemExit("broker serve needs waitress: pip install 's3-upload-broker[serve]'") from None
     waitress.serve(app, host=host, port=port, threads=threads, ident="broker",
-                   clear_untrusted_proxy_headers=True, _quiet=True)
+                   clear_untrusted_proxy_headers=True)
+
+
+class ServerThread:
+    """A waitress server in a background thread (tests, ``make run``); ``close()`` stops it."""
+
+    def __init__(self, app: WsgiApp, host: str = "127.0.0.1", port: int = 0, *, threads: int = 8) -> None:
+        import threading
+
+        import waitress.server
+
+        self._server = waitress.server.create_server(
+            app, host=host, port=port, threads=threads, ident="broker",
+            clear_untrusted_proxy_headers=True)
+        self.host = host
+        self.port = int(self._server.effective_port)  # type: ignore[union-attr]
+        self._thread = threading.Thread(target=self._server.run, name="broker-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, without a trailing slash."""
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop accepting connections and end the thread."""
+        self._server.close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,109 @@
+"""Pytest fixtures for the real local stack: SeaweedFS + the broker's HTTP server.
+
+Registered from ``tests/conftest.py``; any test under ``tests/`` can ask for:
+
+- ``store``: a SeaweedFS ``weed mini`` on free ports (session)
+- ``make_bucket``: a factory making new uniquely named buckets in that store
+- ``live``: the broker served over HTTP (waitress, in a thread) against that store, with
+  the example ``rules.yaml`` (its CORS origins plus the server's own origin), bucket
+  ``broker-uploads`` created with CORS from the rules, and a JSON Lines audit file.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.devstore import Store, StoreConfig, pick_free_ports, upload_cors_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+_bucket_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A SeaweedFS store running for the whole session on free ports, in a fresh directory."""
+    data_dir = tmp_path_factory.mktemp("store")
+    s3_port, base_port = pick_free_ports()
+    running = Store(StoreConfig.generate(data_dir, s3_port=s3_port, base_port=base_port))
+    running.start(timeout=30)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture()
+def make_bucket(store: Store) -> Callable[..., str]:
+    """A factory: make_bucket(cors_rules=None, prefix="t") creates a new, uniquely named bucket."""
+
+    def make(cors_rules: list[dict[str, Any]] | None = None, prefix: str = "t") -> str:
+        name = f"{prefix}-{os.getpid()}-{next(_bucket_numbers)}"
+        return store.ensure_bucket(name, cors_rules)
+
+    return make
+
+
+@dataclass
+class Live:
+    """The running broker: its URL, the store behind it, and the files it uses."""
+
+    url: str
+    store: Store
+    broker: Any
+    s3: Any
+    rules_path: Path
+    audit_path: Path
+    bucket: str = "broker-uploads"
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit line written so far, parsed."""
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def objects(self, prefix: str = "") -> dict[str, int]:
+        """Keys and sizes currently stored in the bucket under prefix."""
+        out: dict[str, int] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = obj["Size"]
+        return out
+
+
+def write_rules(path: Path, extra_origins: list[str], base: Path = ROOT / "rules.yaml") -> dict[str, Any]:
+    """Copy the example rules to ``path``, adding CORS origins; returns the parsed document."""
+    doc = yaml.safe_load(base.read_text())
+    origins = doc.setdefault("cors", {}).setdefault("allowed_origins", [])
+    origins.extend(o for o in extra_origins if o not in origins)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return doc
+
+
+@pytest.fixture(scope="session")
+def live(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The broker's HTTP server against the real store, for end-to-end and browser tests."""
+    from broker.adapters.wsgi import ServerThread, WsgiApp
+    from broker.app import build
+    from broker.config import Settings
+
+    work = tmp_path_factory.mktemp("live")
+    rules_path, audit_path = work / "rules.yaml", work / "audit.jsonl"
+    write_rules(rules_path, [])
+    s3 = store.s3_client()
+    settings = Settings(rules=str(rules_path), rules_reload_seconds=0.5, audit_file=str(audit_path),
+                        s3_endpoint_url=store.endpoint_url, s3_addressing_style="path")
+    broker = build(settings, s3_client=s3, audit_stream=None)
+    server = ServerThread(WsgiApp(broker), "127.0.0.1", 0)
+    doc = write_rules(rules_path, [server.url, server.url.replace("127.0.0.1", "localhost")])
+    broker.rules.refresh()
+    store.ensure_bucket("broker-uploads", upload_cors_rules(doc["cors"]["allowed_origins"]))
+    try:
+        yield Live(server.url, store, broker, s3, rules_path, audit_path)
+    finally:
+        server.close()
