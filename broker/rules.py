@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 from . import keys
 from .errors import Unauthenticated
-from .mediatypes import extension_agrees, parse_content_type, type_matches
+from .mediatypes import extension_agrees, parse_content_type, type_matches  # noqa: F401 (re-exported)
 from .models import Check, Client, Credentials, Decision, Grant, Rule, RuleSet, UploadRequest
 
 MAX_METADATA_BYTES = 2048  # S3's limit for all user metadata of one object
