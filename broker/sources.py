@@ -116,9 +116,10 @@ class RulesProvider:
         try:
             rules, self._token = self._source.fetch(self._token)
         except Exception as exc:  # any failure keeps the last good rules
+            if str(exc) != str(self.last_error):  # say it once, not at every poll
+                self._log("rules_reload_failed", source=self.source,
+                          error=str(exc), kept=self._rules.digest if self._rules else None)
             self.last_error = exc
-            self._log("rules_reload_failed", source=self.source,
-                      error=str(exc), kept=self._rules.digest if self._rules else None)
             return self._rules
         if rules is not None:
             previous = self._rules
