@@ -1,0 +1,159 @@
+"""The signer's least-privilege IAM policy, derived from the rules. Pure.
+
+A presigned POST is checked by S3 against the permissions of whoever signed it, so the
+broker's role needs exactly what the forms it signs can do, and nothing else:
+
+=============================  ===================================================
+action                          granted on / when
+=============================  ===================================================
+``s3:PutObject``                every rule's key prefix (``bucket/prefix*``)
+``s3:PutObjectAcl``             prefixes of rules whose ``acl`` is not ``private``
+``s3:PutObjectTagging``         prefixes of rules that set tags (no rule can yet)
+``s3:AbortMultipartUpload``,    prefixes of rules with ``multipart: true``
+``s3:ListMultipartUploadParts``
+``kms:GenerateDataKey``         KMS keys of rules with ``encryption: {kms_key_id}``
+``kms:Decrypt``                 those keys, only for multipart rules (S3 needs it to
+                                assemble the parts)
+``s3:GetObject``                the one rules object, when rules live in S3
+=============================  ===================================================
+
+A prefix is everything in the key template before the first per-request placeholder;
+a prefix already covered by a shorter one in the same bucket is dropped.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from ..models import Rule, RuleSet
+
+POLICY_VERSION = "2012-10-17"
+# Rule fields that make S3 ask for more than s3:PutObject.
+_TAGGING_FIELDS = ("tagging", "tags")
+_KEY_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
+
+
+class PolicyError(ValueError):
+    """The rules name something the policy cannot express without more information."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where ARNs point: the partition, and the account for KMS keys given by id or alias."""
+
+    partition: str = "aws"
+    account_id: str | None = None
+
+
+def escape_arn(text: str) -> str:
+    """Escape IAM wildcard characters so a literal ``*``/``?`` in a prefix stays literal."""
+    return text.replace("$", "${$}").replace("*", "${*}").replace("?", "${?}")
+
+
+def merge_prefixes(prefixes: Iterable[str]) -> list[str]:
+    """Sorted prefixes without those already covered by a shorter one (``a/`` covers ``a/b/``)."""
+    kept: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if not kept or not prefix.startswith(kept[-1]):
+            kept.append(prefix)
+    return kept
+
+
+def object_arns(pairs: Iterable[tuple[str, str]], target: Target) -> list[str]:
+    """``arn:...:s3:::bucket/prefix*`` for each (bucket, prefix), merged per bucket."""
+    by_bucket: dict[str, list[str]] = {}
+    for bucket, prefix in pairs:
+        by_bucket.setdefault(bucket, []).append(prefix)
+    return [f"arn:{target.partition}:s3:::{bucket}/{escape_arn(prefix)}*"
+            for bucket in sorted(by_bucket) for prefix in merge_prefixes(by_bucket[bucket])]
+
+
+def _rules(ruleset: RuleSet) -> list[Rule]:
+    return [rule for client in ruleset.clients.values() for rule in client.rules.values()]
+
+
+def _where(rule: Rule) -> tuple[str, str]:
+    return rule.bucket, rule.key_prefix
+
+
+def _uses_tagging(rule: Rule) -> bool:
+    return any(getattr(rule, name, None) for name in _TAGGING_FIELDS)
+
+
+def kms_key_arn(rule: Rule, target: Target) -> tuple[str, str | None]:
+    """The key ARN a rule's ``kms_key_id`` names, and its alias when it was given as one."""
+    assert rule.encryption is not None and rule.encryption.kms_key_id is not None
+    key_id = rule.encryption.kms_key_id
+    if key_id.startswith("arn:"):
+        parts = key_id.split(":", 5)
+        if len(parts) == 6 and parts[5].startswith("alias/"):
+            return ":".join(parts[:5] + ["key/*"]), parts[5]
+        return key_id, None
+    if target.account_id is None:
+        raise PolicyError(
+            f"rule '{rule.name}' of client '{rule.client}' names KMS key {key_id!r} without its "
+            "account; write the key ARN in rules.yaml, or pass --account-id (the key's region is "
+            f"the rules' region, {rule.region})")
+    prefix = f"arn:{target.partition}:kms:{rule.region}:{target.account_id}"
+    if key_id.startswith("alias/"):
+        return f"{prefix}:key/*", key_id
+    if not _KEY_ID.match(key_id):
+        raise PolicyError(f"rule '{rule.name}' of client '{rule.client}': kms_key_id {key_id!r} is "
+                          "neither a key ARN, a key id nor alias/NAME")
+    return f"{prefix}:key/{key_id}", None
+
+
+def _statement(sid: str, actions: list[str], resources: list[str],
+               condition: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    stmt: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions),
+                            "Resource": resources if len(resources) > 1 else resources[0]}
+    if condition:
+        stmt["Condition"] = dict(condition)
+    return stmt
+
+
+def _kms_statements(rules: list[Rule], target: Target) -> list[dict[str, Any]]:
+    """GenerateDataKey (and Decrypt for multipart) on each key, only via S3 in its region."""
+    grouped: dict[tuple[str, str | None, str, bool], None] = {}
+    for rule in rules:
+        if rule.encryption is None or rule.encryption.kms_key_id is None:
+            continue
+        arn, alias = kms_key_arn(rule, target)
+        grouped[(arn, alias, rule.region, rule.multipart)] = None
+    statements = []
+    by_shape: dict[tuple[tuple[str, ...], str | None, str], list[str]] = {}
+    for arn, alias, region, multipart in grouped:
+        actions = ("kms:Decrypt", "kms:GenerateDataKey") if multipart else ("kms:GenerateDataKey",)
+        by_shape.setdefault((actions, alias, region), []).append(arn)
+    for n, ((actions, alias, region), arns) in enumerate(sorted(by_shape.items(), key=str)):
+        condition: dict[str, Any] = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+        if alias:
+            condition["ForAnyValue:StringEquals"] = {"kms:ResourceAliases": alias}
+        statements.append(_statement(f"EncryptUploadsWithKms{n + 1}" if len(by_shape) > 1
+                                     else "EncryptUploadsWithKms", list(actions),
+                                     sorted(set(arns)), condition))
+    return statements
+
+
+def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
+                    target: Target = Target()) -> dict[str, Any]:
+    """The IAM policy document the broker's signing role needs for ``ruleset``."""
+    rules = _rules(ruleset)
+    needs: list[tuple[str, list[str], list[Rule]]] = [
+        ("PutObjectsUnderRulePrefixes", ["s3:PutObject"], rules),
+        ("SetNonPrivateAcls", ["s3:PutObjectAcl"], [r for r in rules if r.acl != "private"]),
+        ("TagUploads", ["s3:PutObjectTagging"], [r for r in rules if _uses_tagging(r)]),
+        ("ManageMultipartUploads", ["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+         [r for r in rules if r.multipart]),
+    ]
+    statements = [_statement(sid, actions, object_arns(map(_where, chosen), target))
+                  for sid, actions, chosen in needs if chosen]
+    statements.extend(_kms_statements(rules, target))
+    if rules_location:
+        from ..s3source import parse_s3_url
+
+        bucket, key = parse_s3_url(rules_location)
+        statements.append(_statement("ReadRulesObject", ["s3:GetObject"],
+                                     [f"arn:{target.partition}:s3:::{bucket}/{escape_arn(key)}"]))
+    return {"Version": POLICY_VERSION, "Statement": statements}
