@@ -7,6 +7,8 @@ request: it never issues anything it cannot audit or check.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from broker import app as _app
@@ -18,6 +20,10 @@ from broker.sources import log_event
 try:
     BROKER: _app.Broker | None = _app.build(Settings.from_env())
     _START_ERROR: str | None = None
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # on Lambda: counts as CloudWatch EMF lines
+        from broker.metrics import EmfWriter
+
+        BROKER.metrics = EmfWriter(sys.stdout)
 except ConfigError as exc:  # fail closed, loudly, but keep answering with a clear 503
     BROKER, _START_ERROR = None, exc.message
     log_event("startup_failed", error=exc.message)

@@ -64,6 +64,9 @@ class Call:
 class Broker:
     """Ties rules, signer and audit log together behind one ``handle`` method."""
 
+    #: Called with each decision's audit record after it is written; lambda_handler sets it.
+    metrics: Callable[[dict[str, Any]], None] | None = None
+
     def __init__(
         self,
         rules_provider: RulesProvider,
@@ -96,8 +99,11 @@ class Broker:
         signed = None
         if decision.allowed and decision.grant is not None:
             signed = self.signer.sign(decision.grant, now=call.now)
-        self.emit(audit.record(now=call.now, context=call.context, decision=decision,
-                               request=request, signed=signed))
+        rec = audit.record(now=call.now, context=call.context, decision=decision,
+                           request=request, signed=signed)
+        self.emit(rec)
+        if self.metrics is not None:  # allowed/denied counts (EMF lines on Lambda)
+            self.metrics(rec)
         return decision, signed
 
     def emit(self, rec: dict[str, Any]) -> None:
