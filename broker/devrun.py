@@ -186,12 +186,12 @@ class ConsoleAudit:
 def summarize(rec: Mapping[str, Any]) -> str:
     """``14:49:31 allowed web-app/avatars image/png -> broker-uploads/uploads/...``: one audit record."""
     when = str(rec.get("time", ""))[11:19]
-    who = f"{rec.get('client') or '?'}/{rec.get('profile') or '-'}"
     decision = rec.get("decision", "?")
+    who = f"{rec['client']}/{rec.get('profile') or '-'} " if rec.get("client") else ""
     if decision == "allowed":
-        return f"{when} allowed {who} {rec.get('content_type', '')} -> {rec.get('bucket')}/{rec.get('key')}"
-    reason = rec.get("reason") or rec.get("error") or ""
-    return f"{when} {decision} {who} ({rec.get('status')}) {reason}"
+        return f"{when} allowed {who}{rec.get('content_type', '')} -> {rec.get('bucket')}/{rec.get('key')}"
+    what = rec.get("check") or rec.get("error") or ""
+    return f"{when} {decision:<7} {who}{rec.get('status')} {what}: {rec.get('reason', '')}"
 
 
 def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
