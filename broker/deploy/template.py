@@ -1,0 +1,126 @@
+"""Keep the generated parts of ``template.yaml`` in step with the rules. Pure.
+
+``template.yaml`` is written by hand except for a few blocks between marker comments::
+
+    # BEGIN GENERATED signer-policy
+    ...
+    # END GENERATED signer-policy
+
+:func:`update_template` replaces each block with what the rules produce (the signer's IAM
+policy, the bucket's CORS rule, the parameter defaults), keeping everything else, comments
+included. A test checks that the committed template is what ``rules.yaml`` produces.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from ..models import RuleSet
+from .cors import cors_rule
+from .iam import Target, policy_document
+
+#: ARNs in the template use the stack's partition and account, resolved by CloudFormation.
+STACK_TARGET = Target(partition="${AWS::Partition}", account_id="${AWS::AccountId}")
+_BEGIN = re.compile(r"^(?P<indent>[ ]*)# BEGIN GENERATED (?P<name>[a-z-]+)\b.*$")
+
+
+class TemplateError(ValueError):
+    """The template lacks a marker, or the rules cannot fill a block."""
+
+
+def _sub(value: Any) -> Any:
+    """Wrap strings that use ``${AWS::...}`` in ``Fn::Sub`` (IAM's own ``${*}`` escaped as ``${!*}``)."""
+    if isinstance(value, dict):
+        return {k: _sub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sub(v) for v in value]
+    if isinstance(value, str) and "${AWS::" in value:
+        for ch in "*?$":
+            value = value.replace("${" + ch + "}", "${!" + ch + "}")
+        return {"Fn::Sub": value}
+    return value
+
+
+def _json_block(key: str, value: Any) -> list[str]:
+    text = json.dumps(value, indent=2)
+    return [f"{key}:"] + ["  " + line for line in text.splitlines()]
+
+
+def signer_policy_block(ruleset: RuleSet) -> list[str]:
+    """``PolicyDocument:`` with the generated policy, ARNs resolved per stack."""
+    return _json_block("PolicyDocument", _sub(policy_document(ruleset, target=STACK_TARGET)))
+
+
+def bucket_cors_block(ruleset: RuleSet) -> list[str]:
+    """``CorsRules:`` for the upload bucket; origins come from the ``AllowedOrigins`` parameter."""
+    rule = {**cors_rule(ruleset, ruleset.bucket), "AllowedOrigins": {"Ref": "AllowedOrigins"}}
+    # CloudFormation spells two keys differently from the S3 API.
+    cfn_names = {"ExposeHeaders": "ExposedHeaders", "MaxAgeSeconds": "MaxAge", "ID": "Id"}
+    return _json_block("CorsRules", [{cfn_names.get(k, k): v for k, v in rule.items()}])
+
+
+def bucket_default_block(ruleset: RuleSet) -> list[str]:
+    """The ``UploadBucketName`` parameter's default: the rules' default bucket."""
+    return [f"Default: {ruleset.bucket}"]
+
+
+def bucket_assertion_block(ruleset: RuleSet) -> list[str]:
+    """A CloudFormation rule refusing a bucket name other than the one the rules sign for."""
+    return [f"- Assert: !Equals [!Ref UploadBucketName, {ruleset.bucket}]",
+            f"  AssertDescription: UploadBucketName must be {ruleset.bucket}, the bucket rules.yaml "
+            "signs for; change bucket in rules.yaml and run make package to use another"]
+
+
+def origins_default_block(ruleset: RuleSet) -> list[str]:
+    """The ``AllowedOrigins`` parameter's default: the rules' CORS origins."""
+    return [f"Default: {json.dumps(','.join(ruleset.cors_origins))}"]
+
+
+BLOCKS: dict[str, Callable[[RuleSet], list[str]]] = {
+    "signer-policy": signer_policy_block,
+    "bucket-cors": bucket_cors_block,
+    "bucket-default": bucket_default_block,
+    "bucket-assertion": bucket_assertion_block,
+    "origins-default": origins_default_block,
+}
+
+
+def update_template(text: str, ruleset: RuleSet) -> str:
+    """``text`` with every generated block re-rendered from ``ruleset``; raises ``TemplateError``."""
+    lines = text.splitlines()
+    out: list[str] = []
+    seen: set[str] = set()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        match = _BEGIN.match(line)
+        if not match:
+            continue
+        name, indent = match["name"], match["indent"]
+        if name not in BLOCKS:
+            raise TemplateError(f"unknown generated block '{name}' (known: {', '.join(BLOCKS)})")
+        end = f"{indent}# END GENERATED {name}"
+        try:
+            stop = next(j for j in range(i, len(lines)) if lines[j].rstrip() == end)
+        except StopIteration:
+            raise TemplateError(f"'# BEGIN GENERATED {name}' has no matching '{end.strip()}' "
+                                "at the same indentation") from None
+        out.extend(indent + content for content in BLOCKS[name](ruleset))
+        out.append(lines[stop])
+        seen.add(name)
+        i = stop + 1
+    missing = set(BLOCKS) - seen
+    if missing:
+        raise TemplateError(f"the template has no generated block(s): {', '.join(sorted(missing))}")
+    return "\n".join(out) + "\n"
+
+
+def set_code_uri(text: str, code_uri: str) -> str:
+    """The template with the function's ``CodeUri`` pointing at ``code_uri``."""
+    new, n = re.subn(r"(?m)^(\s+CodeUri:\s*).*$", lambda m: m.group(1) + code_uri, text)
+    if n != 1:
+        raise TemplateError(f"expected exactly one CodeUri in the template, found {n}")
+    return new

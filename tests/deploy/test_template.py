@@ -1,0 +1,250 @@
+"""template.yaml: cfn-lint, in step with rules.yaml, SAM -> CloudFormation, deployed into moto.
+
+moto's CloudFormation has no SAM transform, so the test translates ``template.yaml`` with
+aws-sam-translator (the library ``sam deploy`` and CloudFormation itself use) and deploys the
+result. moto models the bucket (name, encryption), the roles and policies, the log group,
+the function and the invoke permission; it skips the HTTP API resources and ignores the
+bucket's CORS, public access block and lifecycle, so those are asserted on the translated
+template instead.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+from botocore.exceptions import ClientError
+import pytest
+from moto import mock_aws
+
+from broker.deploy.cors import cors_rule
+from broker.deploy.iam import policy_document
+from broker.deploy.template import TemplateError, set_code_uri, update_template
+from tests.conftest import ROOT
+
+TEMPLATE = ROOT / "template.yaml"
+CODE_URI = "s3://deploy-artifacts/lambda.zip"
+RULES_LOCATION = "s3://ops-config/broker/rules.yaml"
+CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")  # the dev extra's console script
+
+
+def translate(text: str) -> dict[str, Any]:
+    """SAM -> plain CloudFormation, as the AWS::Serverless transform does."""
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    class NoManagedPolicies:  # the template names no managed policies
+        def load(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+            return {}
+
+    old = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        return transform(yaml_parse(set_code_uri(text, CODE_URI)), {}, NoManagedPolicies())
+    finally:
+        if old is None:
+            os.environ.pop("AWS_DEFAULT_REGION", None)
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict[str, Any]:
+    return translate(TEMPLATE.read_text())
+
+
+def resources_of(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in cfn["Resources"].items() if r["Type"] == kind}
+
+
+def test_template_passes_cfn_lint_which_catches_a_broken_copy(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TEMPLATE.read_text().replace("MemorySize: 512", "MemorySize: 512\n      Memory: 1"))
+    proc = subprocess.run([CFN_LINT, "--format", "parseable", str(TEMPLATE), str(broken)],
+                          capture_output=True, text=True, timeout=240)
+    findings = proc.stdout.splitlines()
+    assert findings, "cfn-lint found nothing, not even in the broken copy"
+    assert all(line.startswith(str(broken)) for line in findings), proc.stdout + proc.stderr
+    assert any("Memory" in line for line in findings)
+
+
+def test_committed_template_is_what_rules_yaml_generates(ruleset: Any) -> None:
+    text = TEMPLATE.read_text()
+    assert update_template(text, ruleset) == text, (
+        "template.yaml is out of step with rules.yaml: run "
+        "`broker iam-policy rules.yaml --update-template template.yaml`")
+
+
+@pytest.mark.parametrize("edit, message", [
+    pytest.param(lambda t: t.replace("# END GENERATED signer-policy", "# (end)"), "no matching", id="no-end"),
+    pytest.param(lambda t: t.replace("BEGIN GENERATED bucket-cors", "BEGIN GENERATED bucket-cars"),
+                 "unknown generated block 'bucket-cars'", id="unknown-block"),
+    pytest.param(lambda t: t.replace("# BEGIN GENERATED origins-default", "#"), "origins-default",
+                 id="missing-block"),
+])
+def test_update_template_errors(ruleset: Any, edit: Any, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        update_template(edit(TEMPLATE.read_text()), ruleset)
+
+
+def test_set_code_uri_requires_exactly_one() -> None:
+    with pytest.raises(TemplateError, match="found 0"):
+        set_code_uri("Resources: {}\n", "x.zip")
+
+
+# ----------------------------------------------------------------- the translated template
+
+
+def test_bucket_is_private_encrypted_and_cleans_up_multipart(cfn: dict[str, Any], ruleset: Any) -> None:
+    props = cfn["Resources"]["UploadBucket"]["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"], True)
+    enc = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert enc["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    (lifecycle,) = props["LifecycleConfiguration"]["Rules"]
+    assert lifecycle["Status"] == "Enabled"
+    assert lifecycle["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    (cors,) = props["CorsConfiguration"]["CorsRules"]
+    expected = cors_rule(ruleset, ruleset.bucket)
+    assert cors["AllowedOrigins"] == {"Ref": "AllowedOrigins"}
+    assert cors["AllowedMethods"] == expected["AllowedMethods"]
+    assert cors["AllowedHeaders"] == expected["AllowedHeaders"]
+    assert cors["ExposedHeaders"] == ["ETag", "Location"]
+    params = cfn["Parameters"]
+    assert params["AllowedOrigins"]["Default"].split(",") == list(ruleset.cors_origins)
+    assert params["UploadBucketName"]["Default"] == ruleset.bucket
+
+
+def test_no_long_lived_keys_anywhere(cfn: dict[str, Any]) -> None:
+    assert not resources_of(cfn, "AWS::IAM::AccessKey") and not resources_of(cfn, "AWS::IAM::User")
+    env = cfn["Resources"]["SignerFunction"]["Properties"]["Environment"]["Variables"]
+    assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS"}
+    text = json.dumps(cfn)
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+
+
+def test_function_settings(cfn: dict[str, Any]) -> None:
+    props = cfn["Resources"]["SignerFunction"]["Properties"]
+    assert props["Handler"] == "lambda_handler.handler"
+    assert props["Runtime"].startswith("python3.")
+    assert 256 <= props["MemorySize"] <= 1024 and 3 <= props["Timeout"] <= 29
+    assert props["Role"] == {"Fn::GetAtt": ["SignerRole", "Arn"]}
+    assert props["Code"] == {"S3Bucket": "deploy-artifacts", "S3Key": "lambda.zip"}
+    assert props["LoggingConfig"]["LogGroup"] == {"Ref": "SignerLogGroup"}
+    log_group = cfn["Resources"]["SignerLogGroup"]["Properties"]
+    assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_http_api_with_cors_live_stage_and_optional_jwt(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    api = res["HttpApi"]["Properties"]
+    assert api["ProtocolType"] == "HTTP"
+    assert api["CorsConfiguration"]["AllowOrigins"] == {"Ref": "AllowedOrigins"}
+    assert "x-api-key" in api["CorsConfiguration"]["AllowHeaders"]
+    assert res["LiveStage"]["Properties"]["StageName"] == "live"
+    assert res["LiveStage"]["Properties"]["AutoDeploy"] is True
+    assert res["JwtAuthorizer"]["Condition"] == "UseJwt"
+    assert res["JwtAuthorizer"]["Properties"]["AuthorizerType"] == "JWT"
+    route = res["DefaultRoute"]["Properties"]
+    assert route["AuthorizationType"] == {"Fn::If": ["UseJwt", "JWT", "NONE"]}
+    assert res["PreflightRoute"]["Properties"]["AuthorizationType"] == "NONE"
+    assert res["SignerIntegration"]["Properties"]["PayloadFormatVersion"] == "2.0"
+
+
+# ----------------------------------------------------------------- deployed into moto
+
+
+@pytest.fixture(scope="module")
+def stack(cfn: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="deploy-artifacts")
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as zf:
+            zf.writestr("lambda_handler.py", "def handler(event, context):\n    return {}\n")
+        s3.put_object(Bucket="deploy-artifacts", Key="lambda.zip", Body=code.getvalue())
+        cf = boto3.client("cloudformation", region_name="us-east-1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # moto warns about the API Gateway v2 resources it skips
+            cf.create_stack(StackName="broker", TemplateBody=json.dumps(cfn),
+                            Capabilities=["CAPABILITY_IAM"],
+                            Parameters=[{"ParameterKey": "RulesLocation", "ParameterValue": RULES_LOCATION}])
+        summaries = cf.list_stack_resources(StackName="broker")["StackResourceSummaries"]
+        yield {r["LogicalResourceId"]: r for r in summaries}
+
+
+def test_stack_creates_bucket_role_policy_and_function(stack: dict[str, Any], ruleset: Any) -> None:
+    assert cf_status() == "CREATE_COMPLETE"
+    s3 = boto3.client("s3", region_name="us-east-1")
+    iam = boto3.client("iam", region_name="us-east-1")
+    lam = boto3.client("lambda", region_name="us-east-1")
+    assert stack["UploadBucket"]["PhysicalResourceId"] == "broker-uploads"
+    rule = s3.get_bucket_encryption(Bucket="broker-uploads")["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+    role_name = stack["SignerRole"]["PhysicalResourceId"]
+    trust = iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert sorted(iam.list_role_policies(RoleName=role_name)["PolicyNames"]) == [
+        "read-rules-object", "upload-signer", "write-own-logs"]
+    signer = iam.get_role_policy(RoleName=role_name, PolicyName="upload-signer")["PolicyDocument"]
+    signer = json.loads(signer) if isinstance(signer, str) else signer
+    assert signer == policy_document(ruleset)  # the partition resolved to "aws"
+    read = iam.get_role_policy(RoleName=role_name, PolicyName="read-rules-object")["PolicyDocument"]
+    read = json.loads(read) if isinstance(read, str) else read
+    assert read["Statement"] == [{"Sid": "ReadRulesObject", "Effect": "Allow", "Action": "s3:GetObject",
+                                  "Resource": "arn:aws:s3:::ops-config/broker/rules.yaml"}]
+    assert not iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
+
+    fn = lam.get_function(FunctionName="broker-signer")["Configuration"]
+    assert fn["Handler"] == "lambda_handler.handler" and fn["Runtime"] == "python3.12"
+    assert fn["Role"].endswith(f":role/{role_name}")
+    assert fn["Environment"]["Variables"]["BROKER_RULES"] == RULES_LOCATION
+    assert stack["SignerLogGroup"]["PhysicalResourceId"] == "/aws/lambda/broker-signer"
+
+
+def cf_status() -> str:
+    cf = boto3.client("cloudformation", region_name="us-east-1")
+    return cf.describe_stacks(StackName="broker")["Stacks"][0]["StackStatus"]
+
+
+def test_bundled_rules_need_no_rules_read_policy(cfn: dict[str, Any]) -> None:
+    assert cfn["Resources"]["RulesReadPolicy"]["Condition"] == "RulesInS3"
+    env = cfn["Resources"]["SignerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["BROKER_RULES"] == {"Fn::If": ["RulesInS3", {"Ref": "RulesLocation"}, "/var/task/rules.yaml"]}
+
+
+@pytest.mark.parametrize("key, allowed", [
+    pytest.param("uploads/web-app/avatars/2026-11-28/0a1b.png", True, id="rule-prefix"),
+    pytest.param("uploads/someone/avatars/0a1b.png", False, id="other-prefix"),
+])
+def test_stack_role_can_write_only_rule_prefixes(stack: dict[str, Any], key: str, allowed: bool) -> None:
+    from moto.core.authorization import enable_iam_authentication
+
+    iam = boto3.client("iam", region_name="us-east-1")
+    role_name = stack["SignerRole"]["PhysicalResourceId"]
+    # moto keeps a role's inline `Policies` from CloudFormation as a Python dict (returned as
+    # its repr) that its own IAM checker cannot read; store that one (write-own-logs) again as
+    # JSON. The signer policy, an AWS::IAM::Policy, is checked exactly as deployed.
+    logs = iam.get_role_policy(RoleName=role_name, PolicyName="write-own-logs")["PolicyDocument"]
+    if isinstance(logs, str):
+        logs = ast.literal_eval(logs)
+    iam.put_role_policy(RoleName=role_name, PolicyName="write-own-logs", PolicyDocument=json.dumps(logs))
+    sts = boto3.client("sts", region_name="us-east-1")
+    role_arn = f"arn:aws:iam::123456789012:role/{stack['SignerRole']['PhysicalResourceId']}"
+    creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="lambda")["Credentials"]
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id=creds["AccessKeyId"],
+                      aws_secret_access_key=creds["SecretAccessKey"],
+                      aws_session_token=creds["SessionToken"])
+    with enable_iam_authentication():
+        if allowed:
+            s3.put_object(Bucket="broker-uploads", Key=key, Body=b"x")
+        else:
+            with pytest.raises(ClientError, match="AccessDenied"):
+                s3.put_object(Bucket="broker-uploads", Key=key, Body=b"x")
