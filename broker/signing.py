@@ -1,13 +1,23 @@
 """Grant -> presigned POST form, signed by boto3/botocore's own SigV4 implementation.
 
-This is the only module on the request path that imports boto3. The client is created
-once per process (``make_s3_client``) and passed in, so tests can hand in a moto-backed
-or stubbed client.
+This is the only module on the request path that talks to boto3/botocore. The client is
+created once per process (``make_s3_client``) and passed in, so tests can hand in a
+moto-backed or stubbed client.
+
+Speed: a client's ``generate_presigned_post`` re-resolves the bucket's endpoint (endpoint
+rules, parameter events, request serialisation) on every call, which costs about three
+times the signing itself. :class:`Signer` does that resolution once per bucket, exactly as
+``generate_presigned_post`` does it, and then signs each form with botocore's own
+``S3PostPresigner`` (the same SigV4 code, credentials and ``before-sign`` hooks), so the
+fields are identical to ``generate_presigned_post``'s for the same inputs and time
+(``tests/test_signing_fast_path.py``). If botocore's internals ever change shape, the
+signer falls back to the public ``generate_presigned_post`` for good and logs it once.
 """
 from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -19,11 +29,17 @@ from .models import Grant, SignedPost
 CREDENTIAL_MARGIN = timedelta(seconds=30)
 # Fields the audit log must never see the value of.
 SECRET_CONDITION_FIELDS = frozenset({"x-amz-security-token", "x-amz-credential"})
+_FILENAME = "${filename}"
 
 
 def make_s3_client(settings: Settings, region: str) -> Any:
-    """A boto3 S3 client that signs with SigV4 (boto3 defaults to V2 for POST in us-east-1)."""
-    import boto3
+    """A botocore S3 client that signs with SigV4 (boto3 defaults to V2 for POST in us-east-1).
+
+    botocore, not boto3: the request path needs no boto3 resources or s3transfer, and
+    importing them costs about a tenth of a second at every cold start. The client is the
+    same class boto3 would return, minus boto3's file-transfer helpers.
+    """
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -33,7 +49,7 @@ def make_s3_client(settings: Settings, region: str) -> Any:
         connect_timeout=2,
         read_timeout=5,
     )
-    return boto3.session.Session().client(
+    return botocore.session.Session().create_client(
         "s3", region_name=settings.region or region, endpoint_url=settings.s3_endpoint_url,
         config=config,
     )
@@ -51,12 +67,17 @@ def credentials_expiry(s3_client: Any) -> Callable[[], datetime | None]:
 
 
 class Signer:
-    """Signs grants into presigned POST forms with one long-lived boto3 client."""
+    """Signs grants into presigned POST forms with one long-lived boto3/botocore client."""
 
     def __init__(self, s3_client: Any, *,
                  credentials_expiry: Callable[[], datetime | None] | None = None) -> None:
         self._client = s3_client
         self._expiry = credentials_expiry or (lambda: None)
+        self._lock = threading.Lock()
+        # bucket -> the prepared request dict generate_presigned_post would build for it
+        self._requests: dict[str, dict[str, Any]] = {}
+        self._presigner: Any = None
+        self._fast = True
 
     def expires_in(self, grant: Grant, now: datetime) -> int:
         """The grant's lifetime, cut short so it never outlives the signing credentials."""
@@ -72,17 +93,99 @@ class Signer:
 
     def sign(self, grant: Grant, *, now: datetime) -> SignedPost:
         """Presign a POST whose policy binds the exact key, bucket, size range and every field."""
-        post = self._client.generate_presigned_post(
-            Bucket=grant.bucket,
-            Key=grant.key,
-            Fields=dict(grant.fields),
-            Conditions=grant.conditions(),
-            ExpiresIn=self.expires_in(grant, now),
-        )
+        post = self.presigned_post(grant.bucket, grant.key, dict(grant.fields), grant.conditions(),
+                                   self.expires_in(grant, now))
         policy = decode_policy(post["fields"]["policy"])
-        expires_at = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=timezone.utc)
-        return SignedPost(post["url"], post["fields"], expires_at, tuple(policy["conditions"]))
+        return SignedPost(post["url"], post["fields"], parse_expiration(policy["expiration"]),
+                          tuple(policy["conditions"]))
+
+    def presigned_post(self, bucket: str, key: str, fields: dict[str, Any], conditions: list[Any],
+                       expires_in: int) -> dict[str, Any]:
+        """Exactly ``client.generate_presigned_post(...)``, with the endpoint resolved once per bucket."""
+        request = self._prepared(bucket) if self._fast else None
+        if request is None:
+            return self._client.generate_presigned_post(
+                Bucket=bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_in)
+        # What generate_presigned_post adds before handing over to S3PostPresigner:
+        fields = dict(fields)
+        conditions = list(conditions)
+        conditions.append({"bucket": bucket})
+        if key.endswith(_FILENAME):
+            conditions.append(["starts-with", "$key", key[: -len(_FILENAME)]])
+        else:
+            conditions.append({"key": key})
+        fields["key"] = key
+        return self._presigner.generate_presigned_post(
+            request_dict=_copy_request(request), fields=fields, conditions=conditions,
+            expires_in=expires_in)
+
+    def _prepared(self, bucket: str) -> dict[str, Any] | None:
+        request = self._requests.get(bucket)
+        if request is not None:
+            return request
+        with self._lock:
+            if bucket not in self._requests:
+                try:
+                    prepared = _prepare_post_request(self._client, bucket)
+                    presigner = _post_presigner(self._client)
+                except (AttributeError, TypeError, KeyError, ImportError) as exc:
+                    # botocore's internals moved: sign through the public call from now on
+                    self._fast = False
+                    from .sources import log_event
+
+                    log_event("signing_fast_path_unavailable", error=f"{type(exc).__name__}: {exc}")
+                    return None
+                self._presigner = presigner
+                self._requests[bucket] = prepared
+            return self._requests[bucket]
+
+
+def _post_presigner(client: Any) -> Any:
+    from botocore.signers import S3PostPresigner
+
+    return S3PostPresigner(client._request_signer)
+
+
+def _prepare_post_request(client: Any, bucket: str) -> dict[str, Any]:
+    """The request dict ``generate_presigned_post`` builds for ``bucket`` (botocore.signers)."""
+    from botocore.signers import _should_use_global_endpoint
+    from botocore.utils import ArnParser
+
+    context = {
+        "is_presign_request": True,
+        "use_global_endpoint": _should_use_global_endpoint(client),
+    }
+    # CreateBucket: the operation whose URL serialises to what a presigned POST needs.
+    operation_model = client.meta.service_model.operation_model("CreateBucket")
+    params = client._emit_api_params(
+        api_params={"Bucket": bucket}, operation_model=operation_model, context=context)
+    bucket_is_arn = ArnParser.is_arn(params.get("Bucket", ""))
+    endpoint_url, additional_headers, _properties = client._resolve_endpoint_ruleset(
+        operation_model, params, context, ignore_signing_region=not bucket_is_arn)
+    return client._convert_to_request_dict(
+        api_params=params, operation_model=operation_model, endpoint_url=endpoint_url,
+        context=context, headers=additional_headers, set_user_agent_header=False)
+
+
+def _copy_request(value: Any) -> Any:
+    """A copy of a request dict: signing writes into its context, so each form gets its own."""
+    if isinstance(value, dict):
+        return {k: _copy_request(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_request(v) for v in value]
+    return value
+
+
+def parse_expiration(value: str) -> datetime:
+    """A policy's ``expiration`` (``2026-11-28T14:54:31Z``) as an aware UTC datetime."""
+    parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+    digits = "".join(parts)
+    if len(value) == 20 and value[4::3] == "--T::Z" and digits.isascii() and digits.isdigit():
+        try:  # the fixed layout botocore writes, without strptime's cost
+            return datetime(*map(int, parts), tzinfo=timezone.utc)  # type: ignore[misc]
+        except ValueError:  # e.g. month 13: let strptime word the error
+            pass
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 def decode_policy(policy_b64: str) -> dict[str, Any]:
@@ -94,7 +197,7 @@ def public_conditions(conditions: tuple[Any, ...] | list[Any]) -> list[Any]:
     """Policy conditions safe to log: without the credential scope or session token."""
     out = []
     for cond in conditions:
-        if isinstance(cond, dict) and SECRET_CONDITION_FIELDS.intersection(k.lower() for k in cond):
+        if isinstance(cond, dict) and any(k.lower() in SECRET_CONDITION_FIELDS for k in cond):
             continue
         out.append(cond)
     return out

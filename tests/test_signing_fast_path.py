@@ -1,0 +1,211 @@
+"""The signer's fast path gives exactly the fields boto3's ``generate_presigned_post`` gives.
+
+Time is frozen inside botocore (the one clock the signature depends on), so both paths sign
+the same instant and every field, the policy and the signature must match byte for byte,
+in the same order.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from broker.config import Settings
+from broker.models import Grant
+from broker.signing import Signer, decode_policy, make_s3_client, parse_expiration
+
+FROZEN = datetime(2026, 11, 28, 14, 49, 31)  # botocore's clock is naive UTC
+FIELDS = {"Content-Type": "image/png", "acl": "private", "Cache-Control": "public, max-age=86400",
+          "x-amz-meta-title": "r%C3%A9sum%C3%A9", "x-amz-server-side-encryption": "AES256",
+          "success_action_status": "201"}
+
+
+@pytest.fixture
+def frozen(monkeypatch: pytest.MonkeyPatch) -> datetime:
+    import botocore.auth
+    import botocore.signers
+
+    def now(remove_tzinfo: bool = True) -> datetime:
+        return FROZEN if remove_tzinfo else FROZEN.replace(tzinfo=timezone.utc)
+
+    monkeypatch.setattr(botocore.signers, "get_current_datetime", now)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", now)
+    return FROZEN
+
+
+def credentials(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFASTPATHTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fast-path-secret-never-logged")
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    if token is None:
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+
+
+def boto3_client(settings: Settings, region: str) -> Any:
+    """The reference: what a plain boto3 Lambda would create for the same settings."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", region_name=settings.region or region, endpoint_url=settings.s3_endpoint_url,
+        config=Config(signature_version="s3v4", s3={"addressing_style": settings.s3_addressing_style}))
+
+
+def grant(bucket: str, key: str = "uploads/web-app/avatars/2026-11-28/0123456789abcdef0123456789abcdef.png",
+          expires_in: int = 300) -> Grant:
+    return Grant(client="web-app", profile="avatars", bucket=bucket, key=key, content_type="image/png",
+                 min_bytes=1, max_bytes=5 * 1024**2, expires_in=expires_in, fields=dict(FIELDS))
+
+
+CASES = [
+    pytest.param(None, "us-east-1", "auto", "broker-uploads", None, id="aws_us_east_1_auto"),
+    pytest.param(None, "us-east-1", "auto", "broker.uploads.example", None, id="aws_dotted_bucket"),
+    pytest.param(None, "eu-west-1", "virtual", "broker-uploads", None, id="aws_eu_west_1_virtual"),
+    pytest.param(None, "eu-central-1", "path", "broker-uploads", None, id="aws_path_style"),
+    pytest.param(None, "ap-southeast-2", "auto", "broker-uploads", "FQoGZXIvYXdzEJr//token==",
+                 id="aws_session_token"),
+    pytest.param("http://127.0.0.1:8333", "us-east-1", "path", "broker-uploads", None,
+                 id="endpoint_path_style"),
+    pytest.param("http://127.0.0.1:8333", "us-west-2", "virtual", "broker.uploads", "IQoJb3JpZ2luX2Vj",
+                 id="endpoint_virtual_style_token"),
+    pytest.param("https://s3.example.internal", "eu-west-1", "auto", "broker-uploads", None,
+                 id="https_endpoint_auto"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "region", "style", "bucket", "token"), CASES)
+def test_signed_fields_equal_boto3(monkeypatch: pytest.MonkeyPatch, frozen: datetime, endpoint: str | None,
+                                   region: str, style: str, bucket: str, token: str | None) -> None:
+    credentials(monkeypatch, token)
+    settings = Settings(region=region, s3_endpoint_url=endpoint, s3_addressing_style=style)
+    signer = Signer(make_s3_client(settings, region))
+    g = grant(bucket)
+
+    signed = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
+    expected = boto3_client(settings, region).generate_presigned_post(
+        Bucket=bucket, Key=g.key, Fields=dict(g.fields), Conditions=g.conditions(), ExpiresIn=g.expires_in)
+
+    assert signed.url == expected["url"]
+    assert list(signed.fields.items()) == list(expected["fields"].items())
+    assert ("x-amz-security-token" in signed.fields) == (token is not None)
+    policy = decode_policy(expected["fields"]["policy"])
+    assert list(signed.conditions) == policy["conditions"]
+    assert signed.expires_at == datetime(2026, 11, 28, 14, 54, 31, tzinfo=timezone.utc)
+    assert list(signer._requests) == [bucket], "the fast path was not taken"
+
+
+def test_many_buckets_and_calls_share_nothing_mutable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prepared request per bucket is copied per form: later forms are not polluted."""
+    import botocore.auth
+    import botocore.signers
+
+    credentials(monkeypatch, "token-one")
+    settings = Settings(region="eu-west-1", s3_endpoint_url="http://127.0.0.1:8333", s3_addressing_style="path")
+    signer = Signer(make_s3_client(settings, "eu-west-1"))
+    reference = boto3_client(settings, "eu-west-1")
+    for second, bucket in enumerate(["bucket-a", "bucket-b", "bucket-a", "bucket-c", "bucket-b"]):
+        moment = FROZEN.replace(second=second)
+        monkeypatch.setattr(botocore.signers, "get_current_datetime", lambda remove_tzinfo=True: moment)
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: moment)
+        g = grant(bucket, key=f"uploads/{bucket}/{second:032x}.png", expires_in=60 + second)
+        post = signer.presigned_post(g.bucket, g.key, dict(g.fields), g.conditions(), g.expires_in)
+        expected = reference.generate_presigned_post(Bucket=g.bucket, Key=g.key, Fields=dict(g.fields),
+                                                     Conditions=g.conditions(), ExpiresIn=g.expires_in)
+        assert post == expected, bucket
+    assert sorted(signer._requests) == ["bucket-a", "bucket-b", "bucket-c"]
+
+
+def test_filename_keys_become_starts_with_like_boto3(monkeypatch: pytest.MonkeyPatch, frozen: datetime) -> None:
+    credentials(monkeypatch, None)
+    settings = Settings(region="us-east-1")
+    key = "uploads/abc/${filename}"
+    post = Signer(make_s3_client(settings, "us-east-1")).presigned_post(
+        "broker-uploads", key, {"acl": "private"}, [{"acl": "private"}], 120)
+    expected = boto3_client(settings, "us-east-1").generate_presigned_post(
+        Bucket="broker-uploads", Key=key, Fields={"acl": "private"}, Conditions=[{"acl": "private"}],
+        ExpiresIn=120)
+    assert post == expected
+    assert ["starts-with", "$key", "uploads/abc/"] in decode_policy(post["fields"]["policy"])["conditions"]
+
+
+class PublicOnly:
+    """A client exposing only the public call (a stub, or a botocore whose internals moved)."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls = 0
+        self._inner = client
+
+    def generate_presigned_post(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._inner.generate_presigned_post(**kwargs)
+
+
+def test_falls_back_to_the_public_call(monkeypatch: pytest.MonkeyPatch, frozen: datetime,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    credentials(monkeypatch, None)
+    settings = Settings(region="us-east-1")
+    client = PublicOnly(boto3_client(settings, "us-east-1"))
+    signer = Signer(client)
+    g = grant("broker-uploads")
+    first = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
+    second = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
+    assert client.calls == 2 and first == second
+    assert capsys.readouterr().err.count("signing_fast_path_unavailable") == 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("2026-11-28T14:54:31Z", datetime(2026, 11, 28, 14, 54, 31, tzinfo=timezone.utc), id="botocore"),
+    pytest.param("2026-12-31T23:59:59Z", datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc), id="year_end"),
+])
+def test_parse_expiration(text: str, expected: datetime) -> None:
+    assert parse_expiration(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("2026-13-28T14:54:31Z", id="month_13"),
+    pytest.param("2026-+1-28T14:54:31Z", id="signed_digit"),
+    pytest.param("2026-11-28 14:54:31Z", id="space"),
+])
+def test_parse_expiration_refuses_what_strptime_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_expiration(text)
+
+
+def test_concurrent_forms_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads (waitress) sign at once: each form's policy binds its own key, never another's."""
+    import sys
+    import threading
+
+    credentials(monkeypatch, None)
+    signer = Signer(make_s3_client(Settings(region="us-east-1"), "us-east-1"))
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to expose shared state
+    wrong: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(150):
+            key = f"uploads/{n}/{i:032x}.png"
+            try:
+                post = signer.presigned_post("broker-uploads", key, {"acl": "private"}, [{"acl": "private"}], 60)
+                conditions = decode_policy(post["fields"]["policy"])["conditions"]
+            except Exception as exc:  # noqa: BLE001 - a thread's failure must fail the test
+                wrong.append(f"{key}: {type(exc).__name__}: {exc}")
+                continue
+            if post["fields"]["key"] != key or {"key": key} not in conditions:
+                wrong.append(key)
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert wrong == []
