@@ -81,7 +81,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
             if READY in line:
                 ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         assert ready.wait(40), "make run did not become ready:\n" + "".join(output)
         ports = [port, s3_port, *range(base_port, base_port + 4)]
@@ -90,6 +91,9 @@ def running(tmp_path: Path) -> Iterator[Running]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        reader.join(timeout=5)
+        assert process.stdout is not None
+        process.stdout.close()
         for pid in processes_using(tmp_path / "var"):
             os.kill(pid, signal.SIGKILL)
 
@@ -120,7 +124,9 @@ def test_make_run_serves_refuses_a_second_copy_and_stops_cleanly_on_ctrl_c(runni
 
     os.killpg(running.process.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
     assert running.process.wait(timeout=20) == 0
-    time.sleep(0.2)  # the reader thread takes the last lines
+    deadline = time.monotonic() + 5  # the reader thread takes the last lines
+    while "stopped." not in "".join(running.output) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "stopped." in "".join(running.output)
     assert processes_using(running.data_dir) == []
     assert all(port_is_free("127.0.0.1", port) for port in running.ports)
