@@ -21,7 +21,8 @@ from .signing import Signer
 from .sources import RulesProvider, log_event
 from .web import HttpRequest, HttpResponse, Router
 
-CORS_ALLOW_HEADERS = "content-type, x-api-key, authorization, x-amz-date, x-requested-with"
+CORS_ALLOW_HEADERS = ("content-type, x-api-key, authorization, x-amz-date, x-requested-with, "
+                      "cache-control, x-upload-grant")  # the last two: Fine Uploader
 
 
 def utcnow() -> datetime:
@@ -77,6 +78,7 @@ class Broker:
         new_id: Callable[[], str] = new_random_id,
         max_body_bytes: int = 64 * 1024,
         store: Any = None,
+        grant_secret: bytes | None = None,
     ) -> None:
         self.rules = rules_provider
         self.signer = signer
@@ -85,6 +87,8 @@ class Broker:
         self.new_id = new_id
         self.max_body_bytes = max_body_bytes
         self.store = store  # the S3 client, for protocols that must talk to the store
+        # MACs Fine Uploader grant tokens; None: a random one per process (broker.grants)
+        self.grant_secret = grant_secret
         self.router = Router()
         from .protocols import register_all
 
@@ -211,4 +215,5 @@ def build(settings: config.Settings, *, s3_client: Any = None, audit_stream: Any
             settings, ruleset.region if ruleset else "us-east-1")
     signer = Signer(s3_client, credentials_expiry=credentials_expiry(s3_client))
     return Broker(provider, signer, AuditLog(stream=audit_stream, path=settings.audit_file),
-                  clock=clock, max_body_bytes=settings.max_body_bytes, store=s3_client)
+                  clock=clock, max_body_bytes=settings.max_body_bytes, store=s3_client,
+                  grant_secret=settings.grant_secret.encode() if settings.grant_secret else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -52,6 +52,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     host: str = "127.0.0.1"
     port: int = 8000
+    grant_secret: str | None = field(default=None, repr=False)  # BROKER_GRANT_SECRET
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -75,7 +76,17 @@ class Settings:
             max_body_bytes=_number(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, int),
             host=env.get("BROKER_HOST", "127.0.0.1"),
             port=_number(env, "BROKER_PORT", 8000, int),
+            grant_secret=_grant_secret(env),
         )
+
+
+def _grant_secret(env: Mapping[str, str]) -> str | None:
+    """BROKER_GRANT_SECRET: shared by every instance so each can verify the others' grant tokens."""
+    value = env.get("BROKER_GRANT_SECRET") or None
+    if value is not None and len(value.encode()) < 32:
+        raise ConfigError("BROKER_GRANT_SECRET must be at least 32 bytes; make one with: "
+                          "python -c \"import secrets; print(secrets.token_urlsafe(48))\"")
+    return value
 
 
 def _number(env: Mapping[str, str], name: str, default: Any, kind: Callable[[str], Any]) -> Any:

@@ -1,6 +1,8 @@
 """Wire protocols: each module turns its clients' requests into UploadRequests.
 
 - ``native``: ``POST /uploads`` (the broker's own JSON API, see ``schemas/openapi.yaml``)
+- ``fineuploader``: Fine Uploader S3's v4 signature and upload-success endpoints (``/fineuploader/*``)
+- ``companion``: Uppy AwsS3's Companion protocol (``/s3/params``, ``/s3/multipart/*``)
 
 Each module has ``register(broker)`` adding its routes to ``broker.router``.
 """
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
 
 def register_all(broker: "Broker") -> None:
     """Add every protocol's routes to the broker."""
-    from . import native
+    from . import companion, fineuploader, native
 
     native.register(broker)
+    fineuploader.register(broker)
+    companion.register(broker)

@@ -1,0 +1,300 @@
+"""Uppy's AwsS3 plugin through the Companion protocol, served by the broker with the rules enforced.
+
+Routes (all need the client's credentials, e.g. ``x-api-key``; errors are ``{"message"}``):
+
+- ``GET /s3/params?filename=&type=&metadata[...]=`` -> ``{method: "POST", url, fields}``: a
+  presigned POST from the same decision as ``POST /uploads``. Uppy sends no size, so the
+  policy's ``content-length-range`` enforces it; a page may send ``metadata[size]`` to be
+  refused early with a reason. ``metadata[profile]`` picks the rule.
+- ``POST /s3/multipart`` ``{filename, type, metadata}`` -> ``{key, uploadId, bucket}``: the
+  broker decides, needs the rule's ``multipart: true``, and starts the upload itself with
+  every object field of the grant (type, ACL, encryption, metadata...).
+- ``GET /s3/multipart/{uploadId}/{partNumber}?key=`` -> ``{url, expires}`` and
+  ``GET /s3/multipart/{uploadId}/batch?key=&partNumbers=1,2`` -> ``{presignedUrls}``.
+- ``GET /s3/multipart/{uploadId}?key=`` -> ``[{PartNumber, Size, ETag}]``.
+- ``POST /s3/multipart/{uploadId}/complete?key=`` ``{parts}`` -> ``{location, key, bucket}``:
+  refused, and the upload aborted, if the stored parts add up to more than the rule allows.
+- ``DELETE /s3/multipart/{uploadId}?key=`` -> ``{}``.
+
+A key is bound to its grant twice over: it must have exactly the shape one of the caller's
+multipart rules produces (so never another client's prefix), and the store itself binds the
+upload id to the key the broker created it for.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidRequest
+from ..grants import rules_for_key
+from ..models import Check, Client, Decision, Rule, RuleSet, UploadRequest
+from ..rules import human_size
+from ..multipart import (MAX_PARTS, abort, complete, create, list_parts, max_parts, size_decision,
+                         with_outcome)
+from ..sigv4 import StoreSigner
+from ..web import HttpResponse
+from . import common
+from .native import denial_body, parse_upload_request
+
+if TYPE_CHECKING:
+    from ..app import Broker, Call
+
+PROTOCOL = "companion"
+#: Uppy's own meta fields: they describe the file, they are not object metadata.
+UPPY_META = frozenset({"name", "type", "relativePath", "relativepath"})
+_PART = re.compile(r"^[1-9][0-9]{0,4}$")
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
+
+
+def register(broker: "Broker") -> None:
+    """Add the Companion routes."""
+    endpoints = Companion(StoreSigner(broker.store))
+    for method, path, handler in (
+        ("GET", "/s3/params", endpoints.params),
+        ("POST", "/s3/multipart", endpoints.create),
+        ("GET", "/s3/multipart/{uploadId}/batch", endpoints.sign_batch),
+        ("GET", "/s3/multipart/{uploadId}/{partNumber}", endpoints.sign_part),
+        ("GET", "/s3/multipart/{uploadId}", endpoints.list),
+        ("POST", "/s3/multipart/{uploadId}/complete", endpoints.complete),
+        ("DELETE", "/s3/multipart/{uploadId}", endpoints.abort),
+    ):
+        broker.router.add(method, path, handler, protocol=PROTOCOL)
+
+
+def upload_request(filename: Any, content_type: Any, metadata: Any, *, where: str) -> UploadRequest:
+    """An UploadRequest from Uppy's filename, type and metadata (validated like ``POST /uploads``)."""
+    if not isinstance(metadata, dict):
+        raise InvalidRequest(f"{where}metadata must be an object", path="$.metadata")
+    meta = {str(k): v for k, v in metadata.items() if k not in UPPY_META}
+    body: dict[str, Any] = {"filename": filename, "content_type": content_type}
+    profile = meta.pop("profile", None)
+    if profile not in (None, ""):
+        body["profile"] = profile
+    size = meta.pop("size", None)
+    if size not in (None, ""):
+        if isinstance(size, int) and not isinstance(size, bool):
+            body["size"] = size
+        elif isinstance(size, str) and size.isascii() and size.isdigit() and len(size) <= 16:
+            body["size"] = int(size)
+        else:
+            raise InvalidRequest(f"{where}metadata[size] must be a whole number of bytes", path="$.metadata.size")
+    if meta:
+        body["metadata"] = {k: v if isinstance(v, str) else str(v) for k, v in meta.items()}
+    if filename is None or content_type is None:
+        raise InvalidRequest(f"{where}filename and type are required", path="$.filename")
+    return parse_upload_request(body)
+
+
+def denial(decision: Decision) -> HttpResponse:
+    """A denial as Companion errors look: ``message`` says why."""
+    return HttpResponse.json(decision.status, denial_body(decision))
+
+
+class Companion:
+    """The Companion S3 endpoints."""
+
+    def __init__(self, signer: StoreSigner) -> None:
+        self.signer = signer
+
+    # ------------------------------------------------------------------ single POST
+
+    def params(self, call: "Call") -> HttpResponse:
+        """A presigned POST for one file (Uppy's non-multipart path)."""
+        ruleset = call.ruleset()
+        client = call.client(ruleset)
+        query = call.request.query
+        metadata = {k[len("metadata["):-1]: v[0] for k, v in query.items()
+                    if k.startswith("metadata[") and k.endswith("]") and v}
+        request = upload_request(call.request.query_one("filename"), call.request.query_one("type"),
+                                 metadata, where="query: ")
+        decision, signed = call.broker.issue(call, client, ruleset, request)
+        if not decision.allowed or signed is None:
+            return denial(decision)
+        url = signed.url if signed.url.endswith("/") else signed.url + "/"
+        return HttpResponse.json(200, {"method": "POST", "url": url, "fields": dict(signed.fields),
+                                       "expires": signed.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+    # ------------------------------------------------------------------ multipart
+
+    def create(self, call: "Call") -> HttpResponse:
+        """Decide a multipart upload and start it with the grant's object fields."""
+        ruleset = call.ruleset()
+        client = call.client(ruleset)
+        body = call.request.json(call.broker.max_body_bytes)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be {filename, type, metadata}", path="$")
+        request = upload_request(body.get("filename"), body.get("type"), body.get("metadata") or {}, where="")
+        decision = common.decide(call, client, ruleset, request)
+        if decision.allowed and decision.grant is not None and not client.rules[decision.grant.profile].multipart:
+            rule = client.rules[decision.grant.profile]
+            decision = common.deny(client.id, rule.name, Check.MULTIPART_NOT_ALLOWED,
+                                   f"{rule.name} does not allow multipart uploads: files go in one request, "
+                                   f"up to {human_size(rule.max_bytes)}", expected=False, actual=True)
+        if not decision.allowed or decision.grant is None:
+            call.broker.emit(common.record(call, event="multipart_create", decision=decision, request=request))
+            return denial(decision)
+        grant = decision.grant
+        store = call.broker.store
+        upload_id = create(store, grant)
+        rec = common.record(call, event="multipart_create", decision=decision, request=request,
+                            upload_id=upload_id)
+        common.emit_or_undo(call, rec, lambda: abort(store, grant.bucket, grant.key, upload_id))
+        return HttpResponse.json(200, {"key": grant.key, "uploadId": upload_id, "bucket": grant.bucket})
+
+    def _bound(self, call: "Call", event: str) -> tuple[RuleSet, Client, Rule, str, str] | HttpResponse:
+        """The rule that granted ``?key=``, for a multipart upload of this client, or the denial."""
+        ruleset = call.ruleset()
+        client = call.client(ruleset)
+        key = call.request.query_one("key")
+        upload_id = call.request.path_params.get("uploadId", "")
+        if not key:
+            raise InvalidRequest("the query needs the object key: ?key=", path="$.query.key")
+        if not _UPLOAD_ID.match(upload_id):
+            raise InvalidRequest("the upload id is malformed", path="$.path.uploadId")
+        matches = rules_for_key(client, key)
+        problem = None
+        if not matches:
+            problem = common.deny(client.id, None, Check.KEY_NOT_GRANTED,
+                                  f"{key[:200]} is not a key the broker grants to {client.id}")
+        elif len(matches) > 1:
+            problem = common.deny(client.id, None, Check.KEY_NOT_GRANTED,
+                                  f"{key[:200]} could come from several rules ({', '.join(r.name for r in matches)}); "
+                                  "give each rule's key template its own prefix")
+        elif not matches[0].multipart:
+            problem = common.deny(client.id, matches[0].name, Check.MULTIPART_NOT_ALLOWED,
+                                  f"{matches[0].name} does not allow multipart uploads")
+        if problem is not None:
+            call.broker.emit(common.record(call, event=event, decision=problem, key=key[:1024], upload_id=upload_id))
+            return denial(problem)
+        return ruleset, client, matches[0], key, upload_id
+
+    def _part_url(self, call: "Call", ruleset: RuleSet, rule: Rule, key: str, upload_id: str,
+                  number: str) -> tuple[str, int] | Decision:
+        if not _PART.match(number) or int(number) > MAX_PARTS:
+            raise InvalidRequest(f"part number {number[:20]} is not 1..{MAX_PARTS}", path="$.path.partNumber")
+        limit = max_parts(rule.max_bytes)
+        if int(number) > limit:
+            return common.deny(rule.client, rule.name, Check.TOO_LARGE,
+                               f"part {number} is more than {rule.name}'s limit of {human_size(rule.max_bytes)} "
+                               f"needs ({limit} parts of 5 MiB)", expected=limit, actual=int(number))
+        seconds = common.lifetime(call, ruleset, rule, key)
+        url = call.broker.store.generate_presigned_url(
+            "upload_part", Params={"Bucket": rule.bucket, "Key": key, "UploadId": upload_id,
+                                   "PartNumber": int(number)}, ExpiresIn=seconds)
+        return url, seconds
+
+    def sign_part(self, call: "Call") -> HttpResponse:
+        """A presigned URL for one part of a granted upload."""
+        bound = self._bound(call, "multipart_sign_part")
+        if isinstance(bound, HttpResponse):
+            return bound
+        ruleset, _client, rule, key, upload_id = bound
+        number = call.request.path_params.get("partNumber", "")
+        signed = self._part_url(call, ruleset, rule, key, upload_id, number)
+        if isinstance(signed, Decision):
+            call.broker.emit(common.record(call, event="multipart_sign_part", decision=signed, key=key,
+                                           upload_id=upload_id))
+            return denial(signed)
+        url, seconds = signed
+        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=rule, key=key,
+                                               upload_id=upload_id, part_number=int(number),
+                                               expires_at=common.expiry(call, seconds)))
+        return HttpResponse.json(200, {"url": url, "expires": seconds})
+
+    def sign_batch(self, call: "Call") -> HttpResponse:
+        """Presigned URLs for several parts (``?partNumbers=1,2,3``)."""
+        bound = self._bound(call, "multipart_sign_part")
+        if isinstance(bound, HttpResponse):
+            return bound
+        ruleset, _client, rule, key, upload_id = bound
+        numbers = [n.strip() for n in (call.request.query_one("partNumbers") or "").split(",") if n.strip()]
+        if not numbers or len(numbers) > 1000:
+            raise InvalidRequest("partNumbers must list 1 to 1000 part numbers", path="$.query.partNumbers")
+        urls: dict[str, str] = {}
+        seconds = 0
+        for number in numbers:
+            signed = self._part_url(call, ruleset, rule, key, upload_id, number)
+            if isinstance(signed, Decision):
+                call.broker.emit(common.record(call, event="multipart_sign_part", decision=signed, key=key,
+                                               upload_id=upload_id))
+                return denial(signed)
+            urls[number], seconds = signed
+        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=rule, key=key,
+                                               upload_id=upload_id, part_number=int(numbers[0]),
+                                               actual=[int(n) for n in numbers],
+                                               expires_at=common.expiry(call, seconds)))
+        return HttpResponse.json(200, {"presignedUrls": urls})
+
+    def list(self, call: "Call") -> HttpResponse:
+        """The parts the store holds for a granted upload."""
+        bound = self._bound(call, "multipart_list")
+        if isinstance(bound, HttpResponse):
+            return bound
+        _ruleset, _client, rule, key, upload_id = bound
+        parts = list_parts(call.broker.store, rule.bucket, key, upload_id)
+        call.broker.emit(common.allowed_record(call, event="multipart_list", rule=rule, key=key,
+                                               upload_id=upload_id, size=sum(p.size for p in parts)))
+        return HttpResponse.json(200, [{"PartNumber": p.number, "Size": p.size, "ETag": p.etag} for p in parts])
+
+    def complete(self, call: "Call") -> HttpResponse:
+        """Complete a granted upload if its parts fit the rule; otherwise abort it."""
+        bound = self._bound(call, "multipart_complete")
+        if isinstance(bound, HttpResponse):
+            return bound
+        _ruleset, client, rule, key, upload_id = bound
+        wanted = _parts_body(call.request.json(call.broker.max_body_bytes))
+        store = call.broker.store
+        stored = {p.number: p for p in list_parts(store, rule.bucket, key, upload_id)}
+        for number, etag in wanted:
+            part = stored.get(number)
+            if part is None or part.etag.strip('"') != etag.strip('"'):
+                raise InvalidRequest(f"part {number} is not stored with that ETag; list the parts and retry",
+                                     path="$.parts")
+        uploaded = sum(p.size for p in stored.values())
+        completing = sum(stored[n].size for n, _ in wanted)
+        verdict = size_decision(client.id, rule.name, uploaded, completing,
+                                min_bytes=rule.min_bytes, max_bytes=rule.max_bytes)
+        if not verdict.allowed:
+            abort(store, rule.bucket, key, upload_id)
+            verdict = with_outcome(verdict, "the upload was aborted and nothing is stored")
+            call.broker.emit(common.record(call, event="multipart_complete", decision=verdict, key=key,
+                                           upload_id=upload_id, size=uploaded))
+            return denial(verdict)
+        rec = common.allowed_record(call, event="multipart_complete", rule=rule, key=key, upload_id=upload_id,
+                                    size=completing, size_range=[rule.min_bytes, rule.max_bytes])
+        call.broker.emit(rec)  # audited before the object exists: an unaudited object never does
+        complete(store, rule.bucket, key, upload_id,
+                 [{"PartNumber": n, "ETag": stored[n].etag} for n, _ in wanted])
+        return HttpResponse.json(200, {"location": self.signer.object_url(rule.bucket, key),
+                                       "key": key, "bucket": rule.bucket})
+
+    def abort(self, call: "Call") -> HttpResponse:
+        """Abort a granted upload; its parts are deleted."""
+        bound = self._bound(call, "multipart_abort")
+        if isinstance(bound, HttpResponse):
+            return bound
+        _ruleset, _client, rule, key, upload_id = bound
+        abort(call.broker.store, rule.bucket, key, upload_id)
+        call.broker.emit(common.allowed_record(call, event="multipart_abort", rule=rule, key=key,
+                                               upload_id=upload_id))
+        return HttpResponse.json(200, {})
+
+
+def _parts_body(body: Any) -> list[tuple[int, str]]:
+    """``{"parts": [{PartNumber, ETag}]}`` checked: numbers 1..10000, ascending, each once."""
+    parts = body.get("parts") if isinstance(body, dict) else None
+    if not isinstance(parts, list) or not parts or len(parts) > MAX_PARTS:
+        raise InvalidRequest("the body must be {\"parts\": [{\"PartNumber\": 1, \"ETag\": \"...\"}, ...]}",
+                             path="$.parts")
+    out: list[tuple[int, str]] = []
+    for i, part in enumerate(parts):
+        number = part.get("PartNumber") if isinstance(part, dict) else None
+        etag = part.get("ETag") if isinstance(part, dict) else None
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_PARTS:
+            raise InvalidRequest(f"PartNumber must be a whole number 1..{MAX_PARTS}", path=f"$.parts[{i}].PartNumber")
+        if not isinstance(etag, str) or not 1 <= len(etag) <= 128:
+            raise InvalidRequest("ETag must be the part's ETag", path=f"$.parts[{i}].ETag")
+        if out and number <= out[-1][0]:
+            raise InvalidRequest("parts must be in ascending order, each once", path=f"$.parts[{i}].PartNumber")
+        out.append((number, etag))
+    return out

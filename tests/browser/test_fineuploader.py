@@ -1,0 +1,99 @@
+"""Fine Uploader S3 5.16.2 in headless Chromium against the broker and SeaweedFS (``live``).
+
+The page is ``broker/web/fineuploader.html`` served by the broker itself, using the vendored,
+unchanged bundle. Allowed uploads (one POST, and chunked in two real 5 MiB + 1 MiB parts) must
+store exactly the bytes sent; refused ones must show the broker's reason in the page and leave
+nothing in the bucket.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from tests.browser.files import choose_file, sha256_of
+from tests.stack import Live
+
+MiB = 1024 * 1024
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
+
+
+def open_page(page: Any, live: Live, profile: str) -> None:
+    page.goto(f"{live.url}/fineuploader.html", wait_until="load")
+    page.wait_for_selector("body[data-ready=true]", timeout=10000)
+    page.select_option("#profile", profile)
+
+
+def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: int | None = None,
+           timeout: float = 30000) -> tuple[dict[str, Any], str]:
+    """Choose one file in the page, wait until Fine Uploader is done with it; (result, SHA-256)."""
+    digest = choose_file(page, "#files", name, mime, data=data, size=size, head=PNG[:8])
+    page.wait_for_function(
+        "Object.values(window.fineUploaderResults).some(r => r.state === 'done' || r.state === 'failed')",
+        timeout=timeout)
+    results = page.evaluate("Object.values(window.fineUploaderResults)")
+    assert len(results) == 1, results
+    return results[0], digest
+
+
+def audit_since(live: Live, count: int) -> list[dict[str, Any]]:
+    return [r for r in live.audit_records()[count:] if r.get("protocol") == "fineuploader"]
+
+
+@pytest.mark.parametrize("profile, name, mime, size, parts", [
+    pytest.param("avatars", "me.png", "image/png", None, 0, id="one_post"),
+    pytest.param("videos", "clip.mp4", "video/mp4", 6 * MiB, 2, id="chunked_5MiB_plus_1MiB"),
+])
+def test_allowed_upload_stores_exactly_the_bytes(page: Any, live: Live, profile: str, name: str,
+                                                 mime: str, size: int | None, parts: int) -> None:
+    seen = len(live.audit_records())
+    open_page(page, live, profile)
+
+    result, digest = upload(page, name, mime, data=PNG if size is None else None, size=size)
+
+    assert result["state"] == "done", result
+    key = result["key"]
+    assert key.startswith(f"uploads/web-app/{profile}/")
+    stored = live.s3.get_object(Bucket=live.bucket, Key=key)
+    assert sha256_of(stored["Body"]) == digest
+    assert stored["ContentType"] == mime
+    events = [r["event"] for r in audit_since(live, seen) if r["decision"] == "allowed"]
+    assert events[0] == "fineuploader_key" and events[-1] == "upload_success"
+    assert events.count("fineuploader_upload_part") == parts
+    if parts:
+        assert {"fineuploader_initiate", "fineuploader_complete"} <= set(events)
+    else:
+        assert "fineuploader_policy" in events
+
+
+def _tamper_key(route: Any) -> None:
+    body = json.loads(route.request.post_data)
+    for cond in body.get("conditions", []):
+        if isinstance(cond, dict) and "key" in cond:
+            cond["key"] = cond["key"].replace("uploads/web-app/avatars/", "partners/partner-acme/invoices/")
+    route.continue_(post_data=json.dumps(body))
+
+
+@pytest.mark.parametrize("name, mime, size, tamper, reason", [
+    pytest.param("notes.txt", "text/plain", 100, None, "content type text/plain is not allowed for avatars",
+                 id="denied_type"),
+    pytest.param("huge.png", "image/png", 5 * MiB + 1, None, "too large", id="oversized"),
+    pytest.param("me.png", "image/png", 500, _tamper_key, "key must be the granted key", id="tampered_policy"),
+])
+def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
+        page: Any, live: Live, name: str, mime: str, size: int, tamper: Any, reason: str) -> None:
+    before = live.objects()
+    seen = len(live.audit_records())
+    open_page(page, live, "avatars")
+    if tamper is not None:
+        page.route("**/fineuploader/signature**", tamper)
+
+    result, _ = upload(page, name, mime, size=size)
+
+    assert result["state"] == "failed"
+    assert reason in result["reason"], result
+    assert live.objects() == before
+    denied = [r for r in audit_since(live, seen) if r["decision"] == "denied"]
+    assert denied and reason in denied[0]["reason"]
