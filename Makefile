@@ -36,3 +36,10 @@ check: venv  ## validate rules.yaml
 
 clean:  ## remove the venv and local data
 	rm -rf $(VENV) var build dist *.egg-info
+
+# The Lambda runtime is Python 3.12; bytecode is compiled when such an interpreter is found
+# (LAMBDA_PYTHON), otherwise the zip ships sources only. RULES is the rules file to bundle.
+RULES         ?= rules.yaml
+LAMBDA_PYTHON ?= python3.12
+package: venv  ## build build/lambda.zip and build/template.yaml (sam deploy) for RULES
+	$(BIN)/python -m broker.deploy.package --rules $(RULES) --bytecode-python $(LAMBDA_PYTHON)
