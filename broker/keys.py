@@ -10,7 +10,7 @@ import re
 import string
 import unicodedata
 from datetime import datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .errors import InvalidRequest
 
@@ -112,6 +112,16 @@ def check_filename(filename: str) -> str:
         )
     if name.strip(". ") == "":
         raise InvalidRequest("filename must not be empty, '.' or '..'", path="$.filename")
+    decoded = name
+    for _ in range(2):  # '%2e%2e%2f', '%252f', '%00': whatever decodes the name later must not see them
+        decoded = unquote(decoded)
+        if decoded.strip(". ") == "" or any(c in _SLASHES or unicodedata.category(c) in ("Cc", "Cf")
+                                            for c in decoded):
+            raise InvalidRequest(
+                "filename hides '..', a slash or a control character in %-escapes; "
+                "send the plain file name",
+                path="$.filename",
+            )
     if len(name) > 1024:
         raise InvalidRequest("filename is longer than 1024 characters", path="$.filename")
     return name

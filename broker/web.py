@@ -45,13 +45,16 @@ class HttpRequest:
         if ctype != "application/json" and not ctype.endswith("+json") and ctype != "text/plain":
             raise UnsupportedMediaType(f"send the body as application/json, not {ctype[:80]}")
         try:
-            return json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
+            value = json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError:
             raise InvalidRequest("the request body is not UTF-8", path="$") from None
         except RecursionError:
             raise InvalidRequest("the request body is nested too deeply", path="$") from None
         except ValueError as exc:
             raise InvalidRequest(f"the request body is not valid JSON: {exc}", path="$") from None
+        if nested_deeper_than(value, MAX_JSON_DEPTH):
+            raise InvalidRequest(f"the request body nests more than {MAX_JSON_DEPTH} levels deep", path="$")
+        return value
 
     def form(self, max_bytes: int) -> dict[str, str]:
         """An ``application/x-www-form-urlencoded`` body as a flat dict (first value wins)."""
@@ -66,6 +69,23 @@ class HttpRequest:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# No wire format nests deeper than 4. A body nested ~1000 deep parses, but then exhausts the
+# stack in the schema validator (repr of the instance) and would end as a 500.
+MAX_JSON_DEPTH = 32
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True if lists/objects in ``value`` nest more than ``limit`` levels (iterative: never recurses)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 @dataclass

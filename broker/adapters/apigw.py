@@ -148,13 +148,21 @@ def to_request(event: Any, context: Any = None) -> tuple[HttpRequest, str]:
         return HttpRequest(
             method="POST", path="/uploads",
             headers={**_headers(params.get("header")), "content-type": "application/json"},
-            body=json.dumps(event.get("body-json")).encode(),
+            body=_json_bytes(event.get("body-json"), "$.body-json"),
             source_ip=_str(ctx.get("source-ip")), request_id=_str(ctx.get("request-id")) or aws_id,
             principals=(f"principal:{principal}",) if isinstance(principal, str) and principal else (),
         ), kind
     # non-proxy with the body as the event: there are no headers, so nobody is identified
     return HttpRequest(method="POST", path="/uploads", headers={"content-type": "application/json"},
-                       body=json.dumps(event).encode(), request_id=aws_id), kind
+                       body=_json_bytes(event, "$"), request_id=aws_id), kind
+
+
+def _json_bytes(value: Any, path: str) -> bytes:
+    """Re-encode an already parsed body; a body nested too deeply for that is a 400, not a crash."""
+    try:
+        return json.dumps(value).encode()
+    except (RecursionError, ValueError, TypeError):
+        raise InvalidRequest("the request body is nested too deeply or is not JSON", path=path) from None
 
 
 def _str(value: Any) -> str | None:

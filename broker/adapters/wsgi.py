@@ -74,7 +74,7 @@ class WsgiApp:
         try:
             request = to_request(environ, self.broker.max_body_bytes)
         except PayloadTooLarge as exc:
-            response = HttpResponse.json(exc.status, exc.to_body(), {"Connection": "close"})
+            response = self._refuse(environ, exc)
         else:
             response = None
             if request.method in ("GET", "HEAD") and self.web_root is not None:
@@ -91,6 +91,23 @@ class WsgiApp:
         headers.append(("Content-Length", str(len(response.body))))
         start_response(status, headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
+
+    def _refuse(self, environ: dict[str, Any], exc: PayloadTooLarge) -> HttpResponse:
+        """Audit and answer a request refused before the broker saw it (its body is too large).
+
+        No ``Connection: close``: it is hop-by-hop, and waitress turns it into a 500 (PEP 3333).
+        Waitress has read the whole body before calling us, so the connection stays usable.
+        """
+        from ..app import Call
+        from ..models import RequestContext
+
+        request = to_request({**environ, "CONTENT_LENGTH": "0"}, 0)  # the headers, not the body
+        call = Call(self.broker, request, self.broker.clock(), RequestContext(
+            request_id=request.request_id, source_ip=request.source_ip,
+            user_agent=request.header("user-agent"), transport="wsgi"))
+        response = self.broker.error_response(call, exc)
+        response.headers.setdefault("X-Request-Id", request.request_id)
+        return response
 
 
 def serve(app: WsgiApp, host: str, port: int, *, threads: int = 8) -> None:

@@ -1,0 +1,1 @@
+"""Reliability tooling: the response/grant oracle and the ``make soak`` load test."""
