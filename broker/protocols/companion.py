@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidRequest
 from ..grants import rules_for_key
 from ..models import Check, Client, Decision, Rule, RuleSet, UploadRequest
-from ..rules import human_size
-from ..multipart import (MAX_PARTS, abort, complete, create, list_parts, max_parts, size_decision,
+from ..multipart import (MAX_PARTS, abort, complete, create, delete, list_parts, max_parts, size_decision,
                          with_outcome)
+from ..rules import human_size
 from ..sigv4 import StoreSigner
 from ..web import HttpResponse
 from . import common
@@ -175,8 +175,8 @@ class Companion:
         limit = max_parts(rule.max_bytes)
         if int(number) > limit:
             return common.deny(rule.client, rule.name, Check.TOO_LARGE,
-                               f"part {number} is more than {rule.name}'s limit of {human_size(rule.max_bytes)} "
-                               f"needs ({limit} parts of 5 MiB)", expected=limit, actual=int(number))
+                               f"part {number} is beyond the {limit} parts of 5 MiB that {rule.name}'s limit of "
+                               f"{human_size(rule.max_bytes)} can need", expected=rule.max_bytes, actual=None)
         seconds = common.lifetime(call, ruleset, rule, key)
         url = call.broker.store.generate_presigned_url(
             "upload_part", Params={"Bucket": rule.bucket, "Key": key, "UploadId": upload_id,
@@ -260,11 +260,12 @@ class Companion:
             call.broker.emit(common.record(call, event="multipart_complete", decision=verdict, key=key,
                                            upload_id=upload_id, size=uploaded))
             return denial(verdict)
-        rec = common.allowed_record(call, event="multipart_complete", rule=rule, key=key, upload_id=upload_id,
-                                    size=completing, size_range=[rule.min_bytes, rule.max_bytes])
-        call.broker.emit(rec)  # audited before the object exists: an unaudited object never does
         complete(store, rule.bucket, key, upload_id,
                  [{"PartNumber": n, "ETag": stored[n].etag} for n, _ in wanted])
+        rec = common.allowed_record(call, event="multipart_complete", rule=rule, key=key, upload_id=upload_id,
+                                    size=completing, size_range=[rule.min_bytes, rule.max_bytes])
+        # An object nobody audited must not stay: if the record cannot be written, delete it (503).
+        common.emit_or_undo(call, rec, lambda: delete(store, rule.bucket, key))
         return HttpResponse.json(200, {"location": self.signer.object_url(rule.bucket, key),
                                        "key": key, "bucket": rule.bucket})
 

@@ -14,8 +14,9 @@ Routes (all need the client's credentials, e.g. ``x-api-key``):
 - ``POST /fineuploader/success``: Fine Uploader's upload-success call; the broker checks the
   stored object's size and type against the grant and deletes it if they break the rule.
 
-Errors use Fine Uploader's shape, ``{"error": "<reason>", "invalid": true}``, so the page
-shows the broker's reason. Every outcome is audit-logged.
+Errors use Fine Uploader's shape, ``{"error": "<reason>", "invalid": true}`` (plus ``message``
+and the machine ``code``), so the page shows the broker's reason: Fine Uploader displays
+``error`` as it is. Every outcome is audit-logged.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _fine_uploader_errors(handler: Any) -> Any:
 def error_response(status: int, reason: str, *, code: str = "denied",
                    headers: dict[str, str] | None = None, **extra: Any) -> HttpResponse:
     """Fine Uploader's failure shape: it shows ``error`` to the user."""
-    body = {"error": reason, "invalid": True, "code": code, **extra}
+    body = {"error": reason, "message": reason, "invalid": True, "code": code, **extra}
     hdrs = {k: v for k, v in (headers or {}).items() if k.lower() not in ("content-type", "cache-control")}
     return HttpResponse.json(status, body, hdrs)
 
@@ -133,10 +134,10 @@ class FineUploader:
         request = parse_upload_request(call.request.json(call.broker.max_body_bytes))
         decision = common.decide(call, client, ruleset, request)
         if decision.allowed and decision.grant is not None and "x-amz-storage-class" in decision.grant.fields:
+            storage = decision.grant.fields["x-amz-storage-class"]
             decision = common.deny(client.id, decision.profile, Check.CONDITION_NOT_ALLOWED,
-                                   f"{decision.profile} stores files as {decision.grant.fields['x-amz-storage-class']}, "
-                                   "which Fine Uploader cannot request; use the native API or Uppy",
-                                   expected=None, actual=decision.grant.fields["x-amz-storage-class"])
+                                   f"{decision.profile} stores files as {storage}, which Fine Uploader "
+                                   "cannot request; use the native API or Uppy", actual=storage)
         if not decision.allowed or decision.grant is None:
             call.broker.emit(common.record(call, event="fineuploader_key", decision=decision, request=request))
             return denial_response(decision)

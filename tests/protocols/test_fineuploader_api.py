@@ -165,7 +165,8 @@ def _other_clients_token(broker: Any) -> str:
 
 @pytest.mark.parametrize("grant, reason", [
     pytest.param(None, "send the grant token", id="no_token"),
-    pytest.param(issue_token(GrantToken("web-app", "avatars", "broker-uploads", f"uploads/web-app/avatars/2026-11-28/{1:032x}.png",
+    pytest.param(issue_token(GrantToken("web-app", "avatars", "broker-uploads",
+                                        f"uploads/web-app/avatars/2026-11-28/{1:032x}.png",
                                         "me.png", "image/png", 10, int(NOW.timestamp()) + 60), b"forged" * 6),
                  "not issued by this broker", id="forged"),
     pytest.param(_other_clients_token, "issued to another client", id="another_clients_token"),
@@ -295,7 +296,8 @@ def _success(broker: Any, granted: dict[str, Any], **form: str) -> Any:
 
 @pytest.mark.parametrize("stored, form, status, reason", [
     pytest.param((1200, "image/png"), {}, 200, None, id="as_granted"),
-    pytest.param((1200, "text/html"), {}, 403, "the stored type text/html is not the granted image/png", id="other_type"),
+    pytest.param((1200, "text/html"), {}, 403, "the stored type text/html is not the granted image/png",
+                 id="other_type"),
     pytest.param((6 * 1024 * 1024, "image/png"), {}, 413, "too large", id="too_large"),
     pytest.param(None, {}, 403, "is not in the store", id="missing"),
     pytest.param((1200, "image/png"), {"key": "uploads/web-app/avatars/2026-11-28/" + "f" * 32 + ".png"}, 403,

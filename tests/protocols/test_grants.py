@@ -44,7 +44,8 @@ TOKEN = issue_token(GRANT, SECRET)
                  "not issued by this broker", id="other_key"),
     pytest.param(_reencode(TOKEN, {"c": "partner-acme"}), "not issued by this broker", id="other_client"),
     pytest.param(_reencode(TOKEN, {"x": 4102444800}), "not issued by this broker", id="stretched_expiry"),
-    pytest.param(TOKEN[:-2] + ("AA" if not TOKEN.endswith("AA") else "BB"), "not issued by this broker", id="mac_changed"),
+    pytest.param(TOKEN[:-2] + ("AA" if not TOKEN.endswith("AA") else "BB"), "not issued by this broker",
+                 id="mac_changed"),
     pytest.param(issue_token(GRANT, b"t" * 32), "not issued by this broker", id="other_secret"),
     pytest.param(TOKEN.split(".")[0] + ".%%%", "not issued by this broker", id="mac_not_base64"),
     pytest.param("\u00e9." + TOKEN.split(".")[1], "not issued by this broker", id="non_ascii_body"),
@@ -67,7 +68,8 @@ def test_a_short_secret_is_refused() -> None:
 
 
 @pytest.mark.parametrize("profile, key, ok", [
-    pytest.param("avatars", "uploads/web-app/avatars/2026-11-28/0123456789abcdef0123456789abcdef.png", True, id="avatar"),
+    pytest.param("avatars", "uploads/web-app/avatars/2026-11-28/0123456789abcdef0123456789abcdef.png", True,
+                 id="avatar"),
     pytest.param("avatars", "uploads/web-app/avatars/2026-11-28/0123456789abcdef0123456789abcdef", True, id="no_ext"),
     pytest.param("avatars", "uploads/web-app/avatars/2026-11-28/0123456789ABCDEF0123456789abcdef.png", False,
                  id="upper_hex_not_server_made"),
