@@ -143,6 +143,9 @@ def load_rules(text: str | bytes, *, source: str = "<rules>") -> RuleSet:
     if not isinstance(doc, dict):
         raise RulesError(source, [Problem("$", "the rules file must be a YAML mapping "
                                                "with version, bucket and clients")])
+    oversized = _oversized(doc)
+    if oversized:
+        raise RulesError(source, [Problem("$", oversized)])
     problems = _schema_problems(doc)
     broken = {p.path for p in problems}
     ruleset, semantic = _build(doc, source, broken)
@@ -151,6 +154,29 @@ def load_rules(text: str | bytes, *, source: str = "<rules>") -> RuleSet:
         raise RulesError(source, problems)
     assert ruleset is not None
     return ruleset
+
+
+# Far above any real rules file. Past them the validator would recurse out of the stack
+# (nesting) or hang printing a value (YAML aliases of aliases expand to billions of items).
+MAX_RULES_DEPTH = 32
+MAX_RULES_VALUES = 100_000
+
+
+def _oversized(doc: Any) -> str | None:
+    """Why ``doc`` is too deep or too large to validate, or None (iterative: never recurses)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_RULES_VALUES:
+            return (f"the rules expand to more than {MAX_RULES_VALUES} values (YAML aliases "
+                    "nested in each other?); write them out plainly")
+        if isinstance(item, (dict, list)):
+            if depth > MAX_RULES_DEPTH:
+                return f"the rules nest more than {MAX_RULES_DEPTH} levels deep"
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return None
 
 
 def _rule_name_at(doc: Any, parts: list[Any]) -> str | None:

@@ -38,6 +38,8 @@ def body_violations(status: int, body: bytes, *, grant_schema: str | None = "upl
     Every status >= 400 must carry an ``error.schema.json`` body; a 200 from an endpoint that
     issues forms must match ``grant_schema`` (None: do not check 200 bodies here).
     """
+    if status in (204, 304) and not body:
+        return []
     try:
         doc = json.loads(body)
     except ValueError:
