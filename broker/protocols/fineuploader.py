@@ -66,7 +66,8 @@ def _fine_uploader_errors(handler: Any) -> Any:
             return handler(call)
         except BrokerError as exc:
             response = call.broker.error_response(call, exc)  # audits the error
-            return error_response(response.status, exc.message, code=exc.code, headers=response.headers)
+            return error_response(response.status, exc.message, code=exc.code, headers=response.headers,
+                                  **exc.details)
     run.__doc__ = handler.__doc__
     return run
 
