@@ -93,6 +93,7 @@ def test_a_denied_file_gets_fine_uploaders_error_shape(fu_broker: Any, audit_str
 
     assert answer.status == status
     assert reason in answer.body["error"] and answer.body["invalid"] is True
+    schemas.validator("error").validate(answer.body)
     (rec,) = audit_lines(audit_stream)
     assert rec["decision"] == "denied" and reason in rec["reason"]
 
@@ -115,6 +116,7 @@ def test_no_api_key_is_401_in_fine_uploaders_shape(fu_broker: Any, audit_stream:
 
     assert answer.status == 401
     assert "API key" in answer.body["error"] and answer.body["invalid"] is True
+    schemas.validator("error").validate(answer.body)
     (rec,) = audit_lines(audit_stream)
     assert rec["decision"] == "error" and rec["protocol"] == "fineuploader"
 

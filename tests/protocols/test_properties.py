@@ -1,7 +1,7 @@
 """Properties of the Fine Uploader and Companion endpoints under arbitrary input (in process, moto).
 
-- No request, however malformed, gets a 5xx or a non-JSON answer; every refusal says why
-  (``message``; ``error`` too on Fine Uploader routes).
+- No request, however malformed, gets a 5xx or a non-JSON answer; every refusal matches
+  ``error.schema.json`` and says why (``message``; ``error`` too on Fine Uploader routes).
 - Nothing signed ever leaves for a request that did not carry a valid grant: without a token the
   signature endpoint never answers 200, whatever the body.
 """
@@ -13,7 +13,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker import schemas
 from tests.protocols.conftest import call
+
+ERROR_SCHEMA = schemas.validator("error")
 
 ROUTES = [
     ("GET", "/fineuploader/config"), ("POST", "/fineuploader/key"), ("POST", "/fineuploader/signature"),
@@ -51,7 +54,8 @@ def test_no_input_yields_a_server_error(fu_broker: Any, route: tuple[str, str], 
 
     assert answer.status < 500, answer
     if answer.status >= 400:
-        assert isinstance(answer.body, dict) and answer.body.get("message"), answer
+        assert list(ERROR_SCHEMA.iter_errors(answer.body)) == [], answer
+        assert answer.body["message"], answer
         if path.startswith("/fineuploader/"):
             assert answer.body["error"] == answer.body["message"]
 
