@@ -10,6 +10,7 @@ from .. import audit, rules
 from ..errors import AuditUnavailable
 from ..models import Check, Client, Decision, Grant, Rule, RuleSet, UploadRequest
 from ..policy import Violation
+from ..sources import log_event
 
 if TYPE_CHECKING:
     from ..app import Broker, Call
@@ -18,7 +19,11 @@ if TYPE_CHECKING:
 def grant_secret(broker: "Broker") -> bytes:
     """The broker's grant secret, or a random one for this process (one-process servers only)."""
     configured = getattr(broker, "grant_secret", None)
-    return configured if configured else secrets.token_bytes(32)
+    if configured:
+        return configured
+    log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
+                                          "verify only in this process; set it where several serve the broker")
+    return secrets.token_bytes(32)
 
 
 def decide(call: "Call", client: Client, ruleset: RuleSet, request: UploadRequest) -> Decision:
