@@ -218,4 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # e.g. `broker iam-policy | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0

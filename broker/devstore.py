@@ -277,11 +277,11 @@ def pick_free_ports(host: str = "127.0.0.1", attempts: int = 200) -> tuple[int, 
 
 
 def upload_cors_rules(origins: Sequence[str], max_age_seconds: int = 3000) -> list[dict[str, Any]]:
-    """Bucket CORS rules that let pages from origins upload (POST/PUT) and read ETag and Location."""
+    """Bucket CORS rules that let pages from origins upload (POST, PUT; DELETE to abort) and read ETag and Location."""
     return [
         {
             "AllowedOrigins": list(origins),
-            "AllowedMethods": ["GET", "HEAD", "POST", "PUT"],
+            "AllowedMethods": ["DELETE", "GET", "HEAD", "POST", "PUT"],
             "AllowedHeaders": ["*"],
             "ExposeHeaders": ["ETag", "Location"],
             "MaxAgeSeconds": max_age_seconds,

@@ -63,7 +63,8 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
         if args.update_template:
             return _update_template(args.update_template, ruleset)
         policy = policy_document(ruleset, rules_location=args.rules_location,
-                                 target=Target(args.partition, args.account_id))
+                                 target=Target(args.partition, args.account_id),
+                                 verify_uploads=args.verify_uploads)
     except (ConfigError, PolicyError) as exc:
         return _rules_problem(exc)
     print(json.dumps(policy, indent=2))
@@ -116,6 +117,10 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--rules-location", metavar="s3://BUCKET/KEY",
                    help="also allow reading the rules from this S3 object (BROKER_RULES in Lambda)")
     p.add_argument("--account-id", help="AWS account of KMS keys named by id or alias in the rules")
+    p.add_argument("--verify-uploads", action="store_true",
+                   help="also allow s3:GetObject and s3:DeleteObject under the rule prefixes, for "
+                        "Fine Uploader's upload-success check (a broker with long-lived keys only: "
+                        "Fine Uploader signing is refused on temporary credentials)")
     p.add_argument("--partition", default="aws", help="ARN partition (default: aws; aws-cn, aws-us-gov)")
     p.add_argument("--update-template", metavar="TEMPLATE",
                    help="instead of printing, rewrite the generated blocks of this SAM template "

@@ -39,6 +39,10 @@ def _multipart_headers(rule: Rule) -> set[str]:
             headers.add("x-amz-server-side-encryption-aws-kms-key-id")
     if rule.storage_class:
         headers.add("x-amz-storage-class")
+    if rule.cache_control:  # Fine Uploader sends these object headers on its initiate request
+        headers.add("cache-control")
+    if rule.content_disposition:
+        headers.add("content-disposition")
     return headers
 
 

@@ -15,6 +15,9 @@ action                          granted on / when
 ``kms:Decrypt``                 those keys, only for multipart rules (S3 needs it to
                                 assemble the parts)
 ``s3:GetObject``                the one rules object, when rules live in S3
+``s3:GetObject``,               every rule's prefix, only with ``verify_uploads``: the
+``s3:DeleteObject``             Fine Uploader upload-success check reads the stored
+                                object and deletes one that breaks its rule
 =============================  ===================================================
 
 A prefix is everything in the key template before the first per-request placeholder;
@@ -137,10 +140,12 @@ def _kms_statements(rules: list[Rule], target: Target) -> list[dict[str, Any]]:
 
 
 def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
-                    target: Target = Target()) -> dict[str, Any]:
+                    target: Target = Target(), verify_uploads: bool = False) -> dict[str, Any]:
     """The IAM policy document the broker's signing role needs for ``ruleset``."""
     rules = _rules(ruleset)
     needs: list[tuple[str, list[str], list[Rule]]] = [
+        ("VerifyAndRemoveRefusedUploads", ["s3:DeleteObject", "s3:GetObject"],
+         rules if verify_uploads else []),
         ("PutObjectsUnderRulePrefixes", ["s3:PutObject"], rules),
         ("SetNonPrivateAcls", ["s3:PutObjectAcl"], [r for r in rules if r.acl != "private"]),
         ("TagUploads", ["s3:PutObjectTagging"], [r for r in rules if _uses_tagging(r)]),

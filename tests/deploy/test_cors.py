@@ -25,6 +25,10 @@ MULTIPART_BASE = ["authorization", "content-type", "x-amz-acl", "x-amz-content-s
                                           "x-amz-server-side-encryption-aws-kms-key-id",
                                           "x-amz-storage-class"]),
                  id="multipart-with-encryption-and-storage-class"),
+    pytest.param([{"name": "v", "multipart": True, "cache_control": "no-cache",
+                   "content_disposition": "attachment"}], ["DELETE", "POST", "PUT"],
+                 sorted(MULTIPART_BASE + ["cache-control", "content-disposition"]),
+                 id="multipart-with-object-headers"),
     pytest.param([{"name": "p", "encryption": "AES256"}], ["POST"], None, id="post-fields-are-not-headers"),
 ])
 def test_cors_rule_table(rules: list[dict[str, Any]], methods: list[str], headers: Any) -> None:

@@ -187,3 +187,13 @@ def test_partition(ruleset: Any, partition: str) -> None:
     policy = policy_document(ruleset, target=Target(partition=partition))
     arns = policy["Statement"][0]["Resource"]
     assert all(arn.startswith(f"arn:{partition}:s3:::broker-uploads/") for arn in arns)
+
+
+def test_verify_uploads_adds_read_and_delete_on_rule_prefixes_only(ruleset: Any) -> None:
+    plain = statements(policy_document(ruleset))
+    verified = statements(policy_document(ruleset, verify_uploads=True))
+    assert "VerifyAndRemoveRefusedUploads" not in plain
+    actions, resources = verified["VerifyAndRemoveRefusedUploads"]
+    assert actions == ["s3:DeleteObject", "s3:GetObject"]
+    assert resources == plain["PutObjectsUnderRulePrefixes"][1]
+    assert findings(policy_document(ruleset, verify_uploads=True)) == []
