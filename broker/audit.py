@@ -18,8 +18,15 @@ from .models import Decision, RequestContext, SignedPost, UploadRequest
 from .signing import public_conditions
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if moment.year < 1000:  # strftime does not pad such years; keep its output
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return (f"{moment.year}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
 
 
 def record(
@@ -84,7 +91,7 @@ class AuditLog:
 
     def emit(self, rec: dict[str, Any]) -> None:
         """Write one record as one line; raises ``AuditUnavailable`` if the file write fails."""
-        line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        line = _ENCODER.encode(rec) + "\n"
         data = line.encode("utf-8")
         with self._lock:
             if self._path:

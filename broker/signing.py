@@ -93,15 +93,20 @@ class Signer:
 
     def sign(self, grant: Grant, *, now: datetime) -> SignedPost:
         """Presign a POST whose policy binds the exact key, bucket, size range and every field."""
+        policy_out: dict[str, Any] = {}
         post = self.presigned_post(grant.bucket, grant.key, dict(grant.fields), grant.conditions(),
-                                   self.expires_in(grant, now))
-        policy = decode_policy(post["fields"]["policy"])
+                                   self.expires_in(grant, now), policy_out=policy_out)
+        policy = policy_out.get("policy") or decode_policy(post["fields"]["policy"])
         return SignedPost(post["url"], post["fields"], parse_expiration(policy["expiration"]),
                           tuple(policy["conditions"]))
 
     def presigned_post(self, bucket: str, key: str, fields: dict[str, Any], conditions: list[Any],
-                       expires_in: int) -> dict[str, Any]:
-        """Exactly ``client.generate_presigned_post(...)``, with the endpoint resolved once per bucket."""
+                       expires_in: int, *, policy_out: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Exactly ``client.generate_presigned_post(...)``, with the endpoint resolved once per bucket.
+
+        ``policy_out["policy"]`` receives the policy document as signed, when botocore leaves
+        it where it did when this was written (saves decoding it again from the form).
+        """
         request = self._prepared(bucket) if self._fast else None
         if request is None:
             return self._client.generate_presigned_post(
@@ -115,9 +120,14 @@ class Signer:
         else:
             conditions.append({"key": key})
         fields["key"] = key
-        return self._presigner.generate_presigned_post(
-            request_dict=_copy_request(request), fields=fields, conditions=conditions,
-            expires_in=expires_in)
+        request = _copy_request(request)
+        post = self._presigner.generate_presigned_post(
+            request_dict=request, fields=fields, conditions=conditions, expires_in=expires_in)
+        if policy_out is not None:
+            policy = request["context"].get("s3-presign-post-policy")
+            if isinstance(policy, dict):
+                policy_out["policy"] = policy
+        return post
 
     def _prepared(self, bucket: str) -> dict[str, Any] | None:
         request = self._requests.get(bucket)
@@ -167,13 +177,14 @@ def _prepare_post_request(client: Any, bucket: str) -> dict[str, Any]:
         context=context, headers=additional_headers, set_user_agent_header=False)
 
 
-def _copy_request(value: Any) -> Any:
-    """A copy of a request dict: signing writes into its context, so each form gets its own."""
-    if isinstance(value, dict):
-        return {k: _copy_request(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_request(v) for v in value]
-    return value
+def _copy_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a prepared request: signing writes into its context, so each form gets its own.
+
+    Two levels are enough: signing and the ``before-sign`` hooks set keys of the context and
+    of the dicts directly inside it (``signing``); the rest is only read.
+    """
+    context = {k: dict(v) if isinstance(v, dict) else v for k, v in request["context"].items()}
+    return {**request, "headers": dict(request["headers"]), "context": context}
 
 
 def parse_expiration(value: str) -> datetime:

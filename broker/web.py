@@ -45,14 +45,19 @@ class HttpRequest:
         if ctype != "application/json" and not ctype.endswith("+json") and ctype != "text/plain":
             raise UnsupportedMediaType(f"send the body as application/json, not {ctype[:80]}")
         try:
-            value = json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
+            text = self.body.decode("utf-8")
+            if text.startswith("\ufeff"):  # what json.loads says; _DECODER.decode does not check
+                raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+            value = _DECODER.decode(text)
         except UnicodeDecodeError:
             raise InvalidRequest("the request body is not UTF-8", path="$") from None
         except RecursionError:
             raise InvalidRequest("the request body is nested too deeply", path="$") from None
         except ValueError as exc:
             raise InvalidRequest(f"the request body is not valid JSON: {exc}", path="$") from None
-        if nested_deeper_than(value, MAX_JSON_DEPTH):
+        # Nesting needs an opening bracket per level: few brackets, no walk needed.
+        if self.body.count(b"[") + self.body.count(b"{") > MAX_JSON_DEPTH and \
+                nested_deeper_than(value, MAX_JSON_DEPTH):
             raise InvalidRequest(f"the request body nests more than {MAX_JSON_DEPTH} levels deep", path="$")
         return value
 
@@ -69,6 +74,11 @@ class HttpRequest:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# Built once: json.loads/json.dumps with options build a new decoder/encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 # No wire format nests deeper than 4. A body nested ~1000 deep parses, but then exhausts the
@@ -99,7 +109,7 @@ class HttpResponse:
     @classmethod
     def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> "HttpResponse":
         """A JSON response that is never cached."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        body = _ENCODER.encode(payload).encode()
         return cls(status, body, {"Content-Type": "application/json", "Cache-Control": "no-store",
                                   **(headers or {})})
 
