@@ -43,3 +43,15 @@ RULES         ?= rules.yaml
 LAMBDA_PYTHON ?= python3.12
 package: venv  ## build build/lambda.zip and build/template.yaml (sam deploy) for RULES
 	$(BIN)/python -m broker.deploy.package --rules $(RULES) --bytecode-python $(LAMBDA_PYTHON)
+
+# Minutes, loopback only: SOAK_REQUESTS from SOAK_CLIENTS concurrent clients against `broker
+# serve`, every answer and audit line checked; then the fuzzers at SOAK_FUZZ_SCALE times their
+# `make test` sizes. Figures: docs/RELIABILITY.md.
+SOAK_REQUESTS   ?= 24000
+SOAK_CLIENTS    ?= 16
+SOAK_FUZZ_SCALE ?= 5
+soak: venv  ## load test (24,000 requests, 16 clients) + the fuzzers at 5x; see docs/RELIABILITY.md
+	$(BIN)/python -m reliability.soak --requests $(SOAK_REQUESTS) --clients $(SOAK_CLIENTS)
+	RELIABILITY_SCALE=$(SOAK_FUZZ_SCALE) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/reliability/test_fuzz_api.py tests/reliability/test_fuzz_events.py \
+		tests/reliability/test_fuzz_rules.py tests/reliability/test_secrets.py

@@ -18,8 +18,10 @@ from .models import Decision, RequestContext, SignedPost, UploadRequest
 from .signing import public_conditions
 
 
-# Built once: json.dumps with options builds a new encoder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+# Built once: json.dumps with options builds a new encoder on every call. ASCII only: a client's
+# U+2028 or U+0085 left raw would end the line for readers that split on them (str.splitlines,
+# JavaScript, some log viewers), letting a request forge what looks like another audit line.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def _iso(moment: datetime) -> str:

@@ -53,6 +53,7 @@ class SecretsWatch:
     files: set[Path] = field(default_factory=set)
     secrets: dict[str, str] = field(default_factory=dict)  # value -> what it is
     figures: Counter[str] = field(default_factory=Counter)
+    notes: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def secret(self, value: str | None, what: str) -> None:
@@ -66,6 +67,11 @@ class SecretsWatch:
         with self.lock:
             self.figures[name] += n
 
+    def note(self, name: str, value: str) -> None:
+        """A measured value printed at the end of the run."""
+        with self.lock:
+            self.notes[name] = value
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Iterator[None]:
         outcome = yield
@@ -76,8 +82,13 @@ class SecretsWatch:
         if isinstance(value, io.StringIO):
             self.streams.append((f"{request.node.nodeid} [{fixturedef.argname}]", value))
         audit_path = getattr(value, "audit_path", None)
-        if isinstance(audit_path, Path):
+        if isinstance(audit_path, Path):  # the live fixture, this suite's servers
             self.files.add(audit_path)
+        store_config = getattr(value, "config", None)
+        self.secret(getattr(store_config, "secret_key", None), "the store's secret key (signing secret)")
+        grant_secret = getattr(getattr(value, "broker", None), "grant_secret", None)
+        if isinstance(grant_secret, bytes):
+            self.secret(grant_secret.decode(errors="replace"), "the broker's grant secret")
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         for name, text in report.sections:
@@ -85,9 +96,9 @@ class SecretsWatch:
                 self.sections.append((report.nodeid, name, text))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.figures:
+        if self.figures or self.notes:
             terminalreporter.section("reliability figures")
-            for name, value in sorted(self.figures.items()):
+            for name, value in sorted({**self.figures, **self.notes}.items()):
                 terminalreporter.write_line(f"{name}: {value}")
 
 
@@ -132,8 +143,8 @@ class RelServer:
     store: Any
 
     def audit_records(self) -> list[dict[str, Any]]:
-        """Every audit line in the file so far, parsed."""
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+        """Every audit line in the file so far, parsed (JSON Lines: records end at "\\n" only)."""
+        return [json.loads(line) for line in self.audit_path.read_text().split("\n") if line]
 
 
 @pytest.fixture(scope="session")

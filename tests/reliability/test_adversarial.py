@@ -427,3 +427,40 @@ def test_clock_skew(store_broker: Any, monkeypatch: pytest.MonkeyPatch, skew_sec
     monkeypatch.undo()
     response = post_form(grant, b"\x89PNG" + b"2" * 100)
     assert response.status_code == store_status, response.text
+
+
+# --------------------------------------------------------------------------- audit lines
+
+
+def test_a_next_line_byte_in_a_header_stays_inside_one_audit_line(rel_server: Any, watch: Any) -> None:
+    """waitress hands header bytes over as latin-1, so byte 0x85 arrives as U+0085 (NEL), which
+    str.splitlines, JavaScript and some log viewers treat as a line break: the audit line must
+    escape it, or a client could forge what looks like a second audit line."""
+    host, port = rel_server.url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    forged = '{"decision":"allowed","client":"partner-acme"}'
+    conn.request("POST", "/uploads", body=b"{", headers={
+        "content-type": "application/json", "x-api-key": WEB_KEY, "user-agent": f"agent\x85{forged}"})
+    raw = conn.getresponse()
+    request_id = raw.getheader("X-Request-Id")
+    raw.read()
+    conn.close()
+    assert raw.status == 400
+    (line,) = [ln for ln in rel_server.audit_path.read_text().split("\n") if request_id in ln]
+    assert len(line.splitlines()) == 1 and "\\u0085" in line, line
+    assert json.loads(line)["user_agent"] == f"agent\x85{forged}"
+    watch.count("adversarial: refused requests checked")
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"], ids=["line_separator", "paragraph_separator",
+                                                                   "next_line"])
+def test_line_separators_from_a_lambda_event_stay_inside_one_audit_line(make_broker: Any, audit_stream: Any,
+                                                                       char: str) -> None:
+    from broker.adapters import apigw
+
+    event = json.loads((ROOT / "tests" / "events" / "apigw-v1-proxy.json").read_text())
+    event["headers"]["User-Agent"] = f"a{char}b"
+    event["body"] = "{"
+    assert apigw.handle(make_broker(), event)["statusCode"] == 400
+    text = audit_stream.getvalue()
+    assert len(text.splitlines()) == 1 and json.loads(text)["user_agent"] == f"a{char}b"

@@ -37,7 +37,7 @@ from tests.reliability.test_fuzz_api import plausible_uploads
 
 SAMPLES = sorted((ROOT / "tests" / "events").glob("*.json"))
 #: Generated events per sample file (scaled by RELIABILITY_SCALE).
-EVENT_EXAMPLES = 100
+EVENT_EXAMPLES = 80
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
