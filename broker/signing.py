@@ -5,11 +5,12 @@ created once per process (``make_s3_client``) and passed in, so tests can hand i
 moto-backed or stubbed client.
 
 Speed: a client's ``generate_presigned_post`` re-resolves the bucket's endpoint (endpoint
-rules, parameter events, request serialisation) on every call, which costs about three
-times the signing itself. :class:`Signer` does that resolution once per bucket, exactly as
-``generate_presigned_post`` does it, and then signs each form with botocore's own
-``S3PostPresigner`` (the same SigV4 code, credentials and ``before-sign`` hooks), so the
-fields are identical to ``generate_presigned_post``'s for the same inputs and time
+rules, parameter events, request serialisation) and re-chooses the signer (events, hooks)
+on every call, about three times the cost of the signing itself. :class:`Signer` does all
+of that once per bucket, exactly as ``generate_presigned_post`` and ``RequestSigner.sign``
+do it, and then has botocore's own ``S3SigV4PostAuth.add_auth`` sign each form (through
+``S3PostPresigner`` whenever a ``before-sign`` hook acts for the bucket). The fields are
+identical to ``generate_presigned_post``'s for the same inputs and time
 (``tests/test_signing_fast_path.py``). If botocore's internals ever change shape, the
 signer falls back to the public ``generate_presigned_post`` for good and logs it once.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -66,6 +68,15 @@ def credentials_expiry(s3_client: Any) -> Callable[[], datetime | None]:
     return expiry
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What one bucket's forms share: the request and, if it is plain SigV4, how to sign it."""
+
+    request: dict[str, Any]  # the request dict generate_presigned_post builds for the bucket
+    # (signing_name, region_name, signature_version) when S3SigV4PostAuth can sign directly
+    auth: tuple[str, str, str] | None
+
+
 class Signer:
     """Signs grants into presigned POST forms with one long-lived boto3/botocore client."""
 
@@ -74,8 +85,7 @@ class Signer:
         self._client = s3_client
         self._expiry = credentials_expiry or (lambda: None)
         self._lock = threading.Lock()
-        # bucket -> the prepared request dict generate_presigned_post would build for it
-        self._requests: dict[str, dict[str, Any]] = {}
+        self._requests: dict[str, _Prepared] = {}  # per bucket
         self._presigner: Any = None
         self._fast = True
 
@@ -107,8 +117,8 @@ class Signer:
         ``policy_out["policy"]`` receives the policy document as signed, when botocore leaves
         it where it did when this was written (saves decoding it again from the form).
         """
-        request = self._prepared(bucket) if self._fast else None
-        if request is None:
+        prepared = self._prepared(bucket) if self._fast else None
+        if prepared is None:
             return self._client.generate_presigned_post(
                 Bucket=bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_in)
         # What generate_presigned_post adds before handing over to S3PostPresigner:
@@ -120,24 +130,29 @@ class Signer:
         else:
             conditions.append({"key": key})
         fields["key"] = key
-        request = _copy_request(request)
-        post = self._presigner.generate_presigned_post(
-            request_dict=request, fields=fields, conditions=conditions, expires_in=expires_in)
+        request = _copy_request(prepared.request)
+        if prepared.auth is None:
+            post = self._presigner.generate_presigned_post(
+                request_dict=request, fields=fields, conditions=conditions, expires_in=expires_in)
+        else:
+            post = _sign_post(self._client._request_signer, prepared.auth, request, fields,
+                              conditions, expires_in)
         if policy_out is not None:
             policy = request["context"].get("s3-presign-post-policy")
             if isinstance(policy, dict):
                 policy_out["policy"] = policy
         return post
 
-    def _prepared(self, bucket: str) -> dict[str, Any] | None:
-        request = self._requests.get(bucket)
-        if request is not None:
-            return request
+    def _prepared(self, bucket: str) -> _Prepared | None:
+        prepared = self._requests.get(bucket)
+        if prepared is not None:
+            return prepared
         with self._lock:
             if bucket not in self._requests:
                 try:
-                    prepared = _prepare_post_request(self._client, bucket)
+                    request = _prepare_post_request(self._client, bucket)
                     presigner = _post_presigner(self._client)
+                    auth = _direct_auth(self._client, request)
                 except (AttributeError, TypeError, KeyError, ImportError) as exc:
                     # botocore's internals moved: sign through the public call from now on
                     self._fast = False
@@ -146,7 +161,7 @@ class Signer:
                     log_event("signing_fast_path_unavailable", error=f"{type(exc).__name__}: {exc}")
                     return None
                 self._presigner = presigner
-                self._requests[bucket] = prepared
+                self._requests[bucket] = _Prepared(request, auth)
             return self._requests[bucket]
 
 
@@ -175,6 +190,65 @@ def _prepare_post_request(client: Any, bucket: str) -> dict[str, Any]:
     return client._convert_to_request_dict(
         api_params=params, operation_model=operation_model, endpoint_url=endpoint_url,
         context=context, headers=additional_headers, set_user_agent_header=False)
+
+
+def _direct_auth(client: Any, request: dict[str, Any]) -> tuple[str, str, str] | None:
+    """How ``RequestSigner.sign`` would sign this bucket's forms, if nothing but SigV4 is involved.
+
+    ``S3PostPresigner`` hands each form to ``RequestSigner.sign``, which picks the signature
+    version (a ``choose-signer`` event), lets ``before-sign`` hooks adjust the request, then
+    has ``S3SigV4PostAuth.add_auth`` sign it. The choice and the hooks depend only on the
+    bucket's request, so they are run here once; if the signer is plain ``s3v4-presign-post``
+    and the hooks leave the request untouched (what they do for any ordinary bucket), forms
+    are signed by ``add_auth`` directly. Otherwise (S3 Express, ARNs, a custom hook): None,
+    and every form goes through ``S3PostPresigner``.
+    """
+    from botocore.awsrequest import create_request_object
+    from botocore.utils import ArnParser
+
+    signer = client._request_signer
+    probe = _copy_request(request)
+    context = probe["context"]
+    signing = context.get("signing", {})
+    if ArnParser.is_arn(context.get("input_params", {}).get("Bucket", "")) or \
+            {"request_credentials", "identity_cache", "region"} & set(signing):
+        return None
+    version = signer._choose_signer("PutObject", "presign-post", context)
+    signing_name = signing.get("signing_name") or signer.signing_name
+    if version != "s3v4-presign-post" or signing_name != "s3":
+        return None
+    aws_request = create_request_object(probe)
+    before = (aws_request.url, aws_request.auth_path, dict(aws_request.headers), repr(aws_request.context))
+    client.meta.events.emit(
+        f"before-sign.{client.meta.service_model.service_id.hyphenize()}.PutObject",
+        request=aws_request, signing_name=signing_name, region_name=signer.region_name,
+        signature_version=version, request_signer=signer, operation_name="PutObject")
+    after = (aws_request.url, aws_request.auth_path, dict(aws_request.headers), repr(aws_request.context))
+    return (signing_name, signer.region_name, version) if before == after else None
+
+
+def _sign_post(request_signer: Any, auth_args: tuple[str, str, str], request_dict: dict[str, Any],
+               fields: dict[str, Any], conditions: list[Any], expires_in: int) -> dict[str, Any]:
+    """``S3PostPresigner.generate_presigned_post`` with the once-per-bucket choices made already.
+
+    The policy is assembled as S3PostPresigner assembles it, from botocore's clock; the
+    credentials come from ``RequestSigner.get_auth_instance`` (refreshed as botocore
+    refreshes them), and botocore's ``S3SigV4PostAuth.add_auth`` does all the signing.
+    """
+    import botocore.signers
+    from botocore.auth import ISO8601
+    from botocore.awsrequest import create_request_object
+
+    expire_date = botocore.signers.get_current_datetime() + timedelta(seconds=expires_in)
+    policy = {"expiration": expire_date.strftime(ISO8601), "conditions": list(conditions)}
+    request = create_request_object(request_dict)
+    request.context["s3-presign-post-fields"] = fields
+    request.context["s3-presign-post-policy"] = policy
+    signing_name, region_name, version = auth_args
+    auth = request_signer.get_auth_instance(signing_name=signing_name, region_name=region_name,
+                                            signature_version=version)
+    auth.add_auth(request)
+    return {"url": request.url, "fields": fields}
 
 
 def _copy_request(request: dict[str, Any]) -> dict[str, Any]:

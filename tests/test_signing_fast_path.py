@@ -98,6 +98,7 @@ def test_signed_fields_equal_boto3(monkeypatch: pytest.MonkeyPatch, frozen: date
     assert list(signed.conditions) == policy["conditions"]
     assert signed.expires_at == datetime(2026, 11, 28, 14, 54, 31, tzinfo=timezone.utc)
     assert list(signer._requests) == [bucket], "the fast path was not taken"
+    assert signer._requests[bucket].auth is not None, "an ordinary bucket is signed by add_auth directly"
 
 
 def test_many_buckets_and_calls_share_nothing_mutable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,6 +133,31 @@ def test_filename_keys_become_starts_with_like_boto3(monkeypatch: pytest.MonkeyP
         ExpiresIn=120)
     assert post == expected
     assert ["starts-with", "$key", "uploads/abc/"] in decode_policy(post["fields"]["policy"])["conditions"]
+
+
+def test_a_before_sign_hook_that_acts_keeps_the_presigner_path(monkeypatch: pytest.MonkeyPatch,
+                                                               frozen: datetime) -> None:
+    """A hook that changes the request (as S3 Express or ARN handling would) is honoured."""
+    credentials(monkeypatch, "token")
+    settings = Settings(region="eu-west-1")
+    calls: list[str] = []
+
+    def hook(request: Any, **kwargs: Any) -> None:
+        calls.append(request.url)
+        request.headers["x-amz-bench-hook"] = "1"
+
+    client = make_s3_client(settings, "eu-west-1")
+    client.meta.events.register("before-sign.s3.PutObject", hook)
+    reference = boto3_client(settings, "eu-west-1")
+    reference.meta.events.register("before-sign.s3.PutObject", hook)
+    signer = Signer(client)
+    g = grant("broker-uploads")
+    post = signer.presigned_post(g.bucket, g.key, dict(g.fields), g.conditions(), g.expires_in)
+    expected = reference.generate_presigned_post(Bucket=g.bucket, Key=g.key, Fields=dict(g.fields),
+                                                 Conditions=g.conditions(), ExpiresIn=g.expires_in)
+    assert post == expected
+    assert signer._requests["broker-uploads"].auth is None
+    assert len(calls) == 3  # the probe, our form, the reference form: it ran for every form
 
 
 class PublicOnly:
