@@ -29,7 +29,8 @@ test: venv system-deps  ## run every test (unit, real store, real browser)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: venv  ## unit tests only (no store, no browser)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/browser \
+		--ignore=tests/reliability
 
 check: venv  ## validate rules.yaml
 	$(BIN)/broker check rules.yaml

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.devstore import Store, StoreConfig, pick_free_ports, upload_cors_rules
+from broker.devstore import Store, StoreConfig, StoreError, pick_free_ports, upload_cors_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 _bucket_numbers = itertools.count(1)
@@ -30,10 +30,16 @@ _bucket_numbers = itertools.count(1)
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A SeaweedFS store running for the whole session on free ports, in a fresh directory."""
-    data_dir = tmp_path_factory.mktemp("store")
-    s3_port, base_port = pick_free_ports()
-    running = Store(StoreConfig.generate(data_dir, s3_port=s3_port, base_port=base_port))
-    running.start(timeout=30)
+    for attempt in range(3):  # free ports can be taken by another process between pick and bind
+        data_dir = tmp_path_factory.mktemp("store")
+        s3_port, base_port = pick_free_ports()
+        running = Store(StoreConfig.generate(data_dir, s3_port=s3_port, base_port=base_port))
+        try:
+            running.start(timeout=30)
+            break
+        except StoreError as exc:
+            if "already in use" not in str(exc) or attempt == 2:
+                raise
     try:
         yield running
     finally:
