@@ -301,14 +301,29 @@ def _additional(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
         raise Unsupported("patternProperties")
     known = s.get("properties", {})
     if value is False:
-        return lambda x: not isinstance(x, dict) or all(k in known for k in x)
+        names = frozenset(known)
+        return lambda x: not isinstance(x, dict) or names.issuperset(x)
     sub = c.node(value)
-    return lambda x: not isinstance(x, dict) or all(sub(v) for k, v in x.items() if k not in known)
+
+    def check(x: Any) -> bool:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k not in known and not sub(v):
+                    return False
+        return True
+    return check
 
 
 def _property_names(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
     sub = c.node(value)
-    return lambda x: not isinstance(x, dict) or all(sub(k) for k in x)
+
+    def check(x: Any) -> bool:
+        if isinstance(x, dict):
+            for k in x:
+                if not sub(k):
+                    return False
+        return True
+    return check
 
 
 def _items(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
@@ -333,6 +348,8 @@ def _unique_items(c: _Compiler, value: Any, s: dict[str, Any]) -> Check | None:
 
 def _all_of(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
     subs = [c.node(sub) for sub in _list(value, "allOf")]
+    if len(subs) == 1:
+        return subs[0]
     return lambda x: all(sub(x) for sub in subs)
 
 
@@ -393,7 +410,17 @@ def _unevaluated(c: _Compiler, s: dict[str, Any]) -> Check:
     sub = c.node(value)
     static = _static_keys(c, {k: v for k, v in s.items() if k != "unevaluatedProperties"})
     if static is not None:
-        return lambda x: not isinstance(x, dict) or all(sub(v) for k, v in x.items() if k not in static)
+        if value is False:
+            names = frozenset(static)
+            return lambda x: not isinstance(x, dict) or names.issuperset(x)
+
+        def check_static(x: Any) -> bool:
+            if isinstance(x, dict):
+                for k, v in x.items():
+                    if k not in static and not sub(v):
+                        return False
+            return True
+        return check_static
 
     def check(x: Any) -> bool:
         if not isinstance(x, dict):
