@@ -40,3 +40,19 @@ def sha256_of(body: Any) -> str:
     for chunk in iter(lambda: body.read(1 << 20), b""):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def upload_one(page: Any, selector: str, results: str, name: str, mime: str, *,
+               data: bytes | None = None, size: int | None = None, head: bytes = b"",
+               timeout: float = 30000) -> tuple[dict[str, Any], str]:
+    """Choose one file, wait until the page's ``window[results]`` says it is done or failed.
+
+    Returns that file's result object and its SHA-256 (hex).
+    """
+    digest = choose_file(page, selector, name, mime, data=data, size=size, head=head)
+    page.wait_for_function(
+        f"Object.values(window.{results}).some(r => r.state === 'done' || r.state === 'failed')",
+        timeout=timeout)
+    found = page.evaluate(f"Object.values(window.{results})")
+    assert len(found) == 1, found
+    return found[0], digest

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.files import choose_file, sha256_of
+from tests.browser.files import sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -29,13 +29,8 @@ def open_page(page: Any, live: Live, profile: str) -> None:
 def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: int | None = None,
            timeout: float = 30000) -> tuple[dict[str, Any], str]:
     """Choose one file in the page, wait until Fine Uploader is done with it; (result, SHA-256)."""
-    digest = choose_file(page, "#files", name, mime, data=data, size=size, head=PNG[:8])
-    page.wait_for_function(
-        "Object.values(window.fineUploaderResults).some(r => r.state === 'done' || r.state === 'failed')",
-        timeout=timeout)
-    results = page.evaluate("Object.values(window.fineUploaderResults)")
-    assert len(results) == 1, results
-    return results[0], digest
+    return upload_one(page, "#files", "fineUploaderResults", name, mime, data=data, size=size, head=PNG[:8],
+                      timeout=timeout)
 
 
 def audit_since(live: Live, count: int) -> list[dict[str, Any]]:

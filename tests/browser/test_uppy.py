@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from tests.browser.files import choose_file, sha256_of
+from tests.browser.files import sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -28,13 +28,8 @@ def open_page(page: Any, live: Live, profile: str) -> None:
 def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: int | None = None,
            timeout: float = 30000) -> tuple[dict[str, Any], str]:
     """Choose one file in Uppy's Dashboard, wait until it succeeds or fails; (result, SHA-256)."""
-    digest = choose_file(page, ".uppy-Dashboard-input", name, mime, data=data, size=size, head=PNG[:8])
-    page.wait_for_function(
-        "Object.values(window.uppyResults).some(r => r.state === 'done' || r.state === 'failed')",
-        timeout=timeout)
-    results = page.evaluate("Object.values(window.uppyResults)")
-    assert len(results) == 1, results
-    return results[0], digest
+    return upload_one(page, ".uppy-Dashboard-input", "uppyResults", name, mime, data=data, size=size, head=PNG[:8],
+                      timeout=timeout)
 
 
 def pending_bytes(live: Live) -> int:
