@@ -56,3 +56,8 @@ soak: venv  ## load test (24,000 requests, 16 clients) + the fuzzers at 5x; see 
 	RELIABILITY_SCALE=$(SOAK_FUZZ_SCALE) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/reliability/test_fuzz_api.py tests/reliability/test_fuzz_events.py \
 		tests/reliability/test_fuzz_rules.py tests/reliability/test_secrets.py
+
+# About a minute, loopback only, fake static credentials: the broker against a naive boto3
+# signer, warm and cold, with 10 and 10,000 clients, and over HTTP. Figures: bench/RESULTS.md.
+bench: venv  ## benchmark: broker vs bare boto3, warm and cold, scale, HTTP (~1 min); bench/RESULTS.md
+	$(BIN)/python bench/bench.py

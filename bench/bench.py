@@ -1,0 +1,644 @@
+"""``make bench``: what the broker costs next to a naive signer, cold and warm, in one run.
+
+Every comparison runs both sides in the same run, interleaved round by round (A, B, then
+B, A, ...), and reports the median of the per-round ratios: on a busy machine only ratios
+measured side by side mean anything. Absolute times are printed for orientation. Costs are
+CPU time (in process: ``time.process_time``; fresh processes: their user + system time),
+which waiting for a shared CPU does not inflate; throughput is wall clock.
+
+1. warm request    ``lambda_handler.handler(event)`` (event parsing, validation, rules, key,
+                   signing, audit line, response) / ``client.generate_presigned_post`` for
+                   the same policy on an existing boto3 client.           target <= 1.0
+2. cold start      fresh ``python``: import lambda_handler, load rules, answer one request
+                   / fresh ``python -c 'import boto3; boto3.client("s3")'``.  target <= 1.1
+                   (the function's code staged as ``make package`` ships it, with bytecode)
+3. scale           one request with 10,000 clients / with 10 clients.      target <= 1.1
+                   rules load + validation, 1,000 clients (and / 10 clients). target <= 0.5 s
+4. local server    requests per second through ``broker serve`` (waitress, keep-alive,
+                   loopback) / the same requests through ``Broker.handle`` in process.
+                                                                           target >= 0.7
+
+No network beyond 127.0.0.1: fake static credentials, signing is local. Bounded in count
+and time everywhere; the whole run takes about a minute. ``--importtime`` adds the slowest
+imports of a broker cold start, for diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import http.client
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIDBENCHMARKFAKEKEY",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret-key-not-a-real-one",
+    "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEBENCHMARKFAKETOKEN" * 8,  # Lambda always has one
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_LAMBDA_FUNCTION_NAME": "upload-broker-bench",  # as on Lambda: the handler also writes EMF counts
+}
+for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BROKER_RULES",
+              "BROKER_AUDIT_FILE", "BROKER_S3_ADDRESSING_STYLE"):
+    os.environ.pop(_name, None)
+os.environ.update(FAKE_ENV)
+
+API_KEY = "demo-web-app-key"  # the web-app client of the example rules.yaml
+BODY = {"filename": "portrait.png", "content_type": "image/png", "size": 123456}
+
+
+def event(api_key: str = API_KEY, body: dict[str, Any] = BODY) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event for ``POST /uploads``."""
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": "/uploads", "rawQueryString": "",
+        "headers": {"content-type": "application/json", "x-api-key": api_key,
+                    "user-agent": "bench/1.0", "origin": "http://localhost:8000"},
+        "requestContext": {"requestId": "bench-request", "stage": "$default",
+                           "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+                           "http": {"method": "POST", "path": "/uploads", "sourceIp": "203.0.113.9",
+                                    "protocol": "HTTP/1.1", "userAgent": "bench/1.0"}},
+        "body": json.dumps(body), "isBase64Encoded": False,
+    }
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    what: str
+    broker: str
+    baseline: str
+    ratio: float
+    target: str
+    ok: bool | None
+
+    def cells(self) -> list[str]:
+        verdict = {True: "met", False: "MISSED", None: "-"}[self.ok]
+        return [self.what, self.broker, self.baseline, f"{self.ratio:.2f}", self.target, verdict]
+
+
+def per_call(fn: Callable[[], Any], n: int) -> float:
+    """CPU seconds per call of ``fn`` over ``n`` calls (this process runs no other thread meanwhile).
+
+    CPU time rather than wall time: on a shared machine, time spent waiting for a CPU is
+    not the code's cost, and it varies from one batch to the next.
+    """
+    start = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - start) / n
+
+
+def interleaved(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[float, float, float]:
+    """Median of a, median of b, median of the per-round ratio a/b; the order alternates."""
+    xs, ys, ratios = [], [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            x, y = a(), b()
+        else:
+            y, x = b(), a()
+        xs.append(x)
+        ys.append(y)
+        ratios.append(x / y)
+    return statistics.median(xs), statistics.median(ys), statistics.median(ratios)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.0f} ms"
+
+
+# --------------------------------------------------------------------------- 1. warm
+
+
+def import_lambda_handler(audit: io.TextIOBase) -> Any:
+    """Import ``lambda_handler`` as Lambda would, with stdout (the audit log) going to ``audit``."""
+    real = sys.stdout
+    sys.stdout = audit  # type: ignore[assignment]
+    try:
+        import lambda_handler
+    finally:
+        sys.stdout = real
+    if lambda_handler.BROKER is None:
+        raise SystemExit("bench: the broker did not start; see the log above")
+    return lambda_handler
+
+
+def warm(lh: Any, rounds: int) -> list[Row]:
+    """The whole broker request against a bare boto3 generate_presigned_post, same policy."""
+    import boto3
+    from botocore.config import Config
+
+    from broker import rules
+    from broker.models import UploadRequest
+
+    ev = event()
+    first = lh.handler(ev)
+    if first["statusCode"] != 200:
+        raise SystemExit(f"bench: the broker refused the benchmark request: {first['body']}")
+    broker = lh.BROKER
+    ruleset = broker.rules.current()
+    client = ruleset.clients[ruleset.by_api_key[hashlib.sha256(API_KEY.encode()).hexdigest()]]
+    now = broker.clock()
+    grant = rules.evaluate(ruleset, client, UploadRequest(BODY["filename"], BODY["content_type"], BODY["size"]),
+                           now=now, random_id=broker.new_id()).grant
+    s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
+    fields, conditions = dict(grant.fields), grant.conditions()
+
+    def naive() -> Any:
+        return s3.generate_presigned_post(Bucket=grant.bucket, Key=grant.key, Fields=fields,
+                                          Conditions=conditions, ExpiresIn=grant.expires_in)
+
+    naive_fields = naive()["fields"]
+    broker_fields = json.loads(first["body"])["fields"]
+    if sorted(naive_fields) != sorted(broker_fields):
+        raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
+    n = 400
+    for fn in (lambda: lh.handler(ev), naive, lambda: broker.signer.sign(grant, now=now)):
+        per_call(fn, 50)  # warm caches
+    t_req, t_naive, ratio = interleaved(lambda: per_call(lambda: lh.handler(ev), n),
+                                        lambda: per_call(naive, n), rounds)
+    t_sign, t_naive2, ratio_sign = interleaved(lambda: per_call(lambda: broker.signer.sign(grant, now=now), n),
+                                               lambda: per_call(naive, n), rounds)
+    return [
+        Row("1. warm request: lambda_handler.handler / bare generate_presigned_post",
+            us(t_req), us(t_naive), ratio, "<= 1.0", ratio <= 1.0),
+        Row("   (diagnosis) signing alone: Signer.sign / generate_presigned_post",
+            us(t_sign), us(t_naive2), ratio_sign, "", None),
+    ]
+
+
+# --------------------------------------------------------------------------- 2. cold
+
+
+COLD_BROKER = (
+    "import json, sys\n"
+    "import lambda_handler\n"
+    "r = lambda_handler.handler(json.loads(sys.argv[1]))\n"
+    "assert r['statusCode'] == 200, r\n"
+)
+COLD_BOTO3 = "import boto3\nboto3.client('s3')\n"
+
+
+def stage_task(tmp: Path) -> Path:
+    """The function's code as ``make package`` ships it, bytecode included, in ``tmp/task``.
+
+    Lambda's /var/task is read-only, so Python can never cache bytecode there: the package
+    carries it. The checkout has none (PYTHONDONTWRITEBYTECODE may be set), so measure a
+    staged copy; the dependencies come from the venv, which pip installed with bytecode.
+    """
+    task = tmp / "task"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "broker", task / "broker", ignore=ignore)
+    shutil.copytree(ROOT / "schemas", task / "schemas", ignore=ignore)
+    shutil.copy2(ROOT / "lambda_handler.py", task / "lambda_handler.py")
+    shutil.copy2(ROOT / "rules.yaml", task / "rules.yaml")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(task)], check=True, timeout=120)
+    return task
+
+
+def run_fresh(code: str, *args: str, cwd: Path = ROOT) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of a fresh interpreter running ``code`` in ``cwd``.
+
+    CPU time (user + system) is what the process itself costs; unlike wall time it does not
+    grow when other work on a shared machine delays the process.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=dict(os.environ),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: a cold-start process failed:\n{proc.stderr.decode()[-2000:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+
+def cold(tmp: Path, rounds: int) -> list[Row]:
+    """A fresh Lambda process of the broker against a fresh process that only makes a boto3 client."""
+    task = stage_task(tmp)
+    ev = json.dumps(event())
+    where = subprocess.run([sys.executable, "-c", "import broker; print(broker.__file__)"], cwd=task,
+                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    if not where.startswith(str(task)):
+        raise SystemExit(f"bench: the staged package is not the one imported ({where})")
+    run_fresh(COLD_BROKER, ev, cwd=task)  # page cache, as for every later start
+    run_fresh(COLD_BOTO3, cwd=task)
+    samples: dict[str, list[tuple[float, float]]] = {"broker": [], "boto3": []}
+    for i in range(rounds):
+        order = ("broker", "boto3") if i % 2 == 0 else ("boto3", "broker")
+        for name in order:
+            samples[name].append(run_fresh(COLD_BROKER, ev, cwd=task) if name == "broker"
+                                 else run_fresh(COLD_BOTO3, cwd=task))
+    cpu = [b[0] / n[0] for b, n in zip(samples["broker"], samples["boto3"])]
+    wall = [b[1] / n[1] for b, n in zip(samples["broker"], samples["boto3"])]
+
+    def med(name: str, i: int) -> float:
+        return statistics.median(s[i] for s in samples[name])
+
+    return [Row("2. cold start (CPU time): import + rules + 1st request / import boto3 + client",
+                ms(med("broker", 0)), ms(med("boto3", 0)), statistics.median(cpu), "<= 1.1",
+                statistics.median(cpu) <= 1.1),
+            Row("   (same, wall clock: includes waiting for the shared CPUs)",
+                ms(med("broker", 1)), ms(med("boto3", 1)), statistics.median(wall), "", None)]
+
+
+def importtime(tmp: Path, top: int = 15) -> str:
+    """The slowest imports (cumulative) of a broker cold start, from ``python -X importtime``."""
+    task = tmp / "task" if (tmp / "task").is_dir() else stage_task(tmp)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", COLD_BROKER, json.dumps(event())],
+                          cwd=task, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=60, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        parts = [p.strip() for p in line[len("import time:"):].split("|")]
+        if len(parts) == 3 and parts[0].isdigit():
+            rows.append((int(parts[1]), int(parts[0]), parts[2]))
+    rows.sort(reverse=True)
+    lines = [f"{'cumulative':>12} {'self':>10}  module"]
+    lines += [f"{c / 1000:>10.1f}ms {s / 1000:>8.1f}ms  {n}" for c, s, n in rows[:top]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- 3. scale
+
+
+def bench_key(i: int) -> str:
+    return f"bench-key-{i:05d}"
+
+
+def rules_text(clients: int, *, compact: bool = False) -> str:
+    """A rules file with ``clients`` clients, one API key each, disjoint key prefixes.
+
+    Full: two rules per client, each with its own limits, types and extensions (~32 values
+    per client). Compact: what is shared sits in ``defaults`` and each client has one rule
+    (~6 values per client), so that 10,000 clients stay under the loader's cap of
+    ``config.MAX_RULES_VALUES`` values (100,000); see RESULTS.md.
+    """
+    lines = [
+        "version: 1", "bucket: broker-uploads", "region: us-east-1", "max_expires_in: 3600",
+        "cors:", "  allowed_origins: [http://localhost:8000]",
+        "defaults:", '  key: "uploads/{client}/{profile}/{date}/{uuid}{ext}"', "  min_bytes: 1",
+        "  expires_in: 300", "  acl: private",
+    ]
+    if compact:
+        lines += ["  max_bytes: 5 MiB", "  content_types: [image/png, image/jpeg, image/webp]",
+                  "  extensions: [.png, .jpg, .jpeg, .webp]", "clients:"]
+        for i in range(clients):
+            digest = hashlib.sha256(bench_key(i).encode()).hexdigest()
+            lines += [f"  c{i:05d}:", f"    api_key_sha256: [{digest}]", "    rules: [{name: avatars}]"]
+        return "\n".join(lines) + "\n"
+    lines.append("clients:")
+    for i in range(clients):
+        digest = hashlib.sha256(bench_key(i).encode()).hexdigest()
+        lines += [
+            f"  c{i:05d}:",
+            f"    api_key_sha256: [{digest}]",
+            "    default_profile: avatars",
+            "    rules:",
+            "      - name: avatars",
+            "        max_bytes: 5 MiB",
+            "        content_types: [image/png, image/jpeg, image/webp]",
+            "        extensions: [.png, .jpg, .jpeg, .webp]",
+            '        cache_control: "public, max-age=86400"',
+            "        success_action_status: 201",
+            "      - name: documents",
+            '        key: "uploads/{client}/{profile}/{date}/{uuid}/{filename}"',
+            "        max_bytes: 20 MB",
+            "        content_types: [application/pdf, text/plain]",
+            "        extensions: [.pdf, .txt]",
+            "        content_disposition: attachment",
+            "        client_metadata: [title]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def scale(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
+    """Per-request cost at 10 vs 10,000 clients; rules load time for 1,000 vs 10 clients."""
+    import yaml
+
+    from broker import app, config
+    from broker.adapters import apigw
+
+    paths = {}
+    for n in (10, 1000):
+        paths[n] = tmp / f"rules-{n}.yaml"
+        paths[n].write_text(rules_text(n))
+    compact = {}
+    for n in (10, 10_000):
+        compact[n] = tmp / f"rules-{n}-compact.yaml"
+        compact[n].write_text(rules_text(n, compact=True))
+    # Load times first, with the heap of a running broker (as on a reload) but not yet the
+    # 10,000-client rules below, whose objects every garbage collection would walk.
+    config.load_rules_file(paths[10])  # compile the schema check once, as a process does at start
+    load_rounds = max(3, rounds // 2)
+    # As lambda_handler loads them at start-up: with the cyclic GC paused.
+    t_1000, t_10, load_ratio = interleaved(
+        lambda: timed(lambda: config.load_rules_file(paths[1000]), gc_off=True),
+        lambda: timed(lambda: config.load_rules_file(paths[10]), gc_off=True), load_rounds)
+    # As a reload in a running process (RulesProvider.refresh): the GC walks the heap.
+    t_reload = statistics.median(timed(lambda: config.load_rules_file(paths[1000]))
+                                 for _ in range(load_rounds))
+    text = paths[1000].read_bytes()
+    t_yaml = statistics.median(timed(lambda: yaml.load(text, Loader=config._Loader), gc_off=True)
+                               for _ in range(load_rounds))
+    brokers = {}
+    for n in (10, 10_000):
+        settings = config.Settings(rules=str(compact[n]), rules_reload_seconds=3600.0)
+        brokers[n] = app.build(settings, audit_stream=audit)
+    events = {n: event(api_key=bench_key(n - 1)) for n in brokers}  # the last client of each file
+    for n, broker in brokers.items():
+        status = apigw.handle(broker, events[n])["statusCode"]
+        if status != 200:
+            raise SystemExit(f"bench: {n}-client broker answered {status}")
+    n_calls = 300
+    t_big, t_small, ratio = interleaved(
+        lambda: per_call(lambda: apigw.handle(brokers[10_000], events[10_000]), n_calls),
+        lambda: per_call(lambda: apigw.handle(brokers[10], events[10]), n_calls), rounds)
+    brokers.clear()
+    gc.collect()
+    size = len(text)
+    return [
+        Row("3. scale: one request, 10,000 clients / 10 clients (compact rules)", us(t_big), us(t_small), ratio,
+            "<= 1.1", ratio <= 1.1),
+        Row(f"   rules load + validation at start-up, 1,000 clients ({size // 1024:,} KiB) / 10 clients",
+            f"{t_1000:.3f} s", ms(t_10), load_ratio, "<= 0.5 s", t_1000 <= 0.5),
+        Row("   (diagnosis) of which PyYAML parsing alone (C loader) / the whole load",
+            f"{t_yaml:.3f} s", f"{t_1000:.3f} s", t_yaml / t_1000, "", None),
+        Row("   (diagnosis) the same load as a reload, cyclic GC on / at start-up",
+            f"{t_reload:.3f} s", f"{t_1000:.3f} s", t_reload / t_1000, "", None),
+    ]
+
+
+def timed(fn: Callable[[], Any], *, gc_off: bool = False) -> float:
+    """CPU seconds of one call of ``fn`` (optionally with the cyclic garbage collector paused)."""
+    if gc_off:
+        gc.disable()
+    try:
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    finally:
+        gc.enable()
+
+
+# --------------------------------------------------------------------------- 4. server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server in a child process on a loopback port (``broker serve``); ``close()`` stops it."""
+
+    def __init__(self, tmp: Path, command: list[str], env: dict[str, str], *, port_flag: bool = True) -> None:
+        self.port = free_port()
+        self.log = open(tmp / "serve.log", "wb")
+        port = ["--port", str(self.port)] if port_flag else [str(self.port)]
+        self.proc = subprocess.Popen([*command, *port], cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: broker serve exited:\n{(tmp / 'serve.log').read_text()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn.request("GET", "/health")
+                if conn.getresponse().status in (200, 404):  # 404: a server that is not the broker
+                    conn.close()
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise SystemExit("bench: broker serve did not answer /health within 20 s")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.log.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, *, threads: int, max_requests: int, seconds: float, served: list[int] | None = None) -> float:
+    """Requests per second from ``threads`` keep-alive connections; stops at a count or a deadline."""
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json", "x-api-key": API_KEY}
+    done: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    issued = [0]
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        count = 0
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if issued[0] >= max_requests:
+                        break
+                    issued[0] += 1
+                conn.request("POST", "/uploads", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    failures.append(f"HTTP {resp.status}")
+                    break
+                count += 1
+        except OSError as exc:
+            failures.append(str(exc))
+        finally:
+            conn.close()
+            done.append(count)
+
+    start = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=seconds + 15)
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise SystemExit(f"bench: the load generator failed: {failures[:3]}")
+    if served is not None:
+        served.append(sum(done))
+    return sum(done) / elapsed
+
+
+HELLO_SERVER = """
+import sys, waitress
+def app(environ, start_response):
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    body = b'{"ok":true}'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, ident="hello")
+"""
+
+
+def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
+    """Keep-alive requests/s through broker serve against Broker.handle in this process."""
+    from broker import app, config
+    from broker.web import HttpRequest
+
+    env = {**os.environ, "BROKER_RULES_RELOAD_SECONDS": "3600"}
+    broker = app.build(config.Settings.from_env(env), audit_stream=audit)  # as broker serve builds it
+    headers = {"content-type": "application/json", "x-api-key": API_KEY}
+    raw = json.dumps(BODY).encode()
+
+    def in_process_rps(seconds: float = 0.8) -> float:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds and n < 20_000:
+            resp = broker.handle(HttpRequest("POST", "/uploads", headers, {}, raw, "127.0.0.1", ""),
+                                 transport="wsgi")
+            assert resp.status == 200
+            n += 1
+        return n / (time.perf_counter() - start)
+
+    def cpu_per_request(srv: Server, run: Callable[[list[int]], Any]) -> float | None:
+        served: list[int] = []
+        before = cpu_seconds(srv.proc.pid)
+        run(served)
+        after = cpu_seconds(srv.proc.pid)
+        return None if before is None or after is None or not sum(served) else (after - before) / sum(served)
+
+    srv = Server(tmp, [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1"], env)
+    try:
+        load(srv.port, threads=4, max_requests=200, seconds=2)  # connect, warm up
+        results: list[tuple[float, float, float]] = []
+        serve_cpu = cpu_per_request(srv, lambda served: results.append(interleaved(
+            lambda: load(srv.port, threads=4, max_requests=5000, seconds=1.5, served=served),
+            in_process_rps, rounds)))
+        over_http, in_proc, ratio = results[0]
+    finally:
+        srv.close()
+    hello = Server(tmp, [sys.executable, "-c", HELLO_SERVER], env, port_flag=False)
+    try:
+        load(hello.port, threads=4, max_requests=200, seconds=2)
+        ceilings: list[float] = []
+        hello_cpu = cpu_per_request(hello, lambda served: ceilings.extend(
+            load(hello.port, threads=4, max_requests=5000, seconds=1.5, served=served) for _ in range(rounds)))
+        ceiling = statistics.median(ceilings)
+    finally:
+        hello.close()
+    in_proc_cpu = 1 / in_proc
+    rows = [Row("4. local server: broker serve req/s (4 keep-alive clients) / in process",
+                f"{over_http:,.0f}/s", f"{in_proc:,.0f}/s", ratio, ">= 0.7", ratio >= 0.7),
+            Row("   (diagnosis) waitress alone, hello-world app, same clients / broker in process",
+                f"{ceiling:,.0f}/s", f"{in_proc:,.0f}/s", ceiling / in_proc, "", None)]
+    if serve_cpu and hello_cpu:
+        rows.append(Row("   (diagnosis) server CPU per request: broker serve / waitress hello-world",
+                        us(serve_cpu), us(hello_cpu), serve_cpu / hello_cpu, "", None))
+        rows.append(Row("   (diagnosis) broker serve CPU per request / Broker.handle in process",
+                        us(serve_cpu), us(in_proc_cpu), serve_cpu / in_proc_cpu, "", None))
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    """CPU count, Python and library versions: the context every number needs."""
+    versions = []
+    for dist in ("boto3", "botocore", "jsonschema", "PyYAML", "waitress"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    load_avg = "%.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else "?"
+    return (f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()}), load average {load_avg} "
+            f"at start; Python {platform.python_version()}; {', '.join(versions)}")
+
+
+def table(rows: list[Row]) -> str:
+    head = ["measure", "broker", "baseline", "ratio", "target", "verdict"]
+    cells = [r.cells() for r in rows]
+    widths = [max(len(head[i]), *(len(c[i]) for c in cells)) for i in range(len(head))]
+    fmt = "| " + " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)) + " |"
+    lines = [fmt.format(*head), "|" + "|".join(("-" if i == 0 else "") + "-" * (w + 1) + (":" if i else "-")
+                                            for i, w in enumerate(widths)) + "|"]
+    lines += [fmt.format(*c) for c in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison (default 7)")
+    parser.add_argument("--importtime", action="store_true", help="also list the slowest cold-start imports")
+    parser.add_argument("--only", default="warm,cold,scale,server",
+                        help="comma-separated subset of: warm, cold, scale, server")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    started = time.perf_counter()
+    print(f"machine: {machine()}", flush=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="broker-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        with open(tmp / "audit.jsonl", "w", encoding="utf-8") as audit:
+            lh = import_lambda_handler(audit)
+            for name, step in (("warm", lambda: warm(lh, args.rounds)), ("cold", lambda: cold(tmp, args.rounds)),
+                               ("scale", lambda: scale(tmp, audit, args.rounds)),
+                               ("server", lambda: server(tmp, audit, max(3, args.rounds // 2)))):
+                if name not in only:
+                    continue
+                t0 = time.perf_counter()
+                rows += step()
+                print(f"  {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        audited = sum(1 for _ in open(tmp / "audit.jsonl", encoding="utf-8"))
+        diagnosis = importtime(tmp) if args.importtime else ""
+    print()
+    print(table(rows))
+    print(f"\nmedian of {args.rounds} interleaved rounds (server: {max(3, args.rounds // 2)}); "
+          f"{audited:,} audit lines written; total {time.perf_counter() - started:.0f} s")
+    if diagnosis:
+        print("\nslowest imports of a broker cold start (python -X importtime):")
+        print(diagnosis)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
