@@ -107,3 +107,12 @@ def test_settings_from_env() -> None:
 def test_bad_settings(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_a_large_realistic_rules_document_is_not_taken_for_an_alias_bomb() -> None:
+    from broker.config import _oversized
+
+    clients = {f"client-{i}": {"api_key_sha256": ["0" * 64], "rules": [
+        {"name": "a", "max_bytes": 10, "content_types": ["image/png", "image/jpeg"], "metadata": {"x": "y"}}] * 3}
+        for i in range(10_000)}
+    assert _oversized({"version": 1, "bucket": "b", "clients": clients}) is None
