@@ -94,18 +94,30 @@ def static_prefix(template: str, *, client: str, profile: str) -> str:
     return "".join(prefix)
 
 
-def check_filename(filename: str) -> str:
-    """Return the NFC form of a client filename, or raise ``InvalidRequest`` if it is hostile."""
+def _screen_unicode(filename: str) -> tuple[str, str | None, bool]:
+    """(NFC name, first control/format character or None, whether it has a slash or look-alike)."""
     name = unicodedata.normalize("NFC", filename)
     bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    folded = unicodedata.normalize("NFKC", name)
+    return name, bad, any(c in _SLASHES for c in name) or any(c in _SLASHES for c in folded)
+
+
+def _screen_ascii(name: str) -> tuple[str, str | None, bool]:
+    """``_screen_unicode`` for ASCII names (nearly all), at a tenth of the cost."""
+    bad = None if name.isprintable() else next(c for c in name if not c.isprintable())
+    return name, bad, "/" in name or "\\" in name
+
+
+def check_filename(filename: str) -> str:
+    """Return the NFC form of a client filename, or raise ``InvalidRequest`` if it is hostile."""
+    name, bad, slashed = (_screen_ascii if filename.isascii() else _screen_unicode)(filename)
     if bad is not None:
         raise InvalidRequest(
             f"filename contains the control or format character U+{ord(bad):04X}; "
             "send the plain file name",
             path="$.filename",
         )
-    folded = unicodedata.normalize("NFKC", name)
-    if any(c in _SLASHES for c in name) or any(c in _SLASHES for c in folded):
+    if slashed:
         raise InvalidRequest(
             "filename must be a base name without '/' or '\\' (or look-alike slashes)",
             path="$.filename",
@@ -113,8 +125,8 @@ def check_filename(filename: str) -> str:
     if name.strip(". ") == "":
         raise InvalidRequest("filename must not be empty, '.' or '..'", path="$.filename")
     decoded = name
-    for _ in range(2):  # '%2e%2e%2f', '%252f', '%00': whatever decodes the name later must not see them
-        decoded = unquote(decoded)
+    for _ in range(2 if "%" in name else 0):  # '%2e%2e%2f', '%252f', '%00': whatever decodes
+        decoded = unquote(decoded)              # the name later must not see them
         if decoded.strip(". ") == "" or any(c in _SLASHES or unicodedata.category(c) in ("Cc", "Cf")
                                             for c in decoded):
             raise InvalidRequest(
@@ -163,10 +175,10 @@ def render_key(
         "client": client,
         "profile": profile,
         "uuid": random_id,
-        "date": now.strftime("%Y-%m-%d"),
-        "year": now.strftime("%Y"),
-        "month": now.strftime("%m"),
-        "day": now.strftime("%d"),
+        "date": f"{now.year:04d}-{now.month:02d}-{now.day:02d}",  # strftime costs 10x as much
+        "year": f"{now.year:04d}",
+        "month": f"{now.month:02d}",
+        "day": f"{now.day:02d}",
         "ext": extension(filename),
         "filename": slugify(filename),
     }

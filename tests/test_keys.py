@@ -96,3 +96,9 @@ def test_no_filename_can_escape_its_key_segment(filename: str) -> None:
     assert "/" not in tail and ".." not in tail and not tail.startswith(".")
     assert re.fullmatch(r"[A-Za-z0-9._-]+", tail)
     assert len(key.encode()) <= keys.MAX_KEY_BYTES
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_screening_equals_the_unicode_screening(filename: str) -> None:
+    """ASCII names skip normalisation; they must be judged exactly as the Unicode path judges them."""
+    assert keys._screen_ascii(filename) == keys._screen_unicode(filename)
