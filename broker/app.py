@@ -103,20 +103,23 @@ class Broker:
         signed = None
         if decision.allowed and decision.grant is not None:
             signed = self.signer.sign(decision.grant, now=call.now)
-        rec = audit.record(now=call.now, context=call.context, decision=decision,
-                           request=request, signed=signed)
-        self.emit(rec)
-        if self.metrics is not None:  # allowed/denied counts (EMF lines on Lambda)
-            self.metrics(rec)
+        self.emit(audit.record(now=call.now, context=call.context, decision=decision,
+                               request=request, signed=signed))
         return decision, signed
 
     def emit(self, rec: dict[str, Any]) -> None:
-        """Write an audit record; failing to write means failing the request (503)."""
+        """Write an audit record; failing to write means failing the request (503).
+
+        Every protocol's decisions pass through here, so this is also where allowed/denied
+        decisions are counted (EMF lines on Lambda).
+        """
         try:
             self.audit_log.emit(rec)
         except AuditUnavailable as exc:
             log_event("audit_write_failed", error=exc.message, request_id=rec.get("request_id"))
             raise
+        if self.metrics is not None and rec.get("decision") in ("allowed", "denied"):
+            self.metrics(rec)
 
     # ------------------------------------------------------------------ HTTP
 

@@ -63,3 +63,16 @@ def test_no_metrics_by_default(make_broker: Any) -> None:
     assert broker.metrics is None
     status, _, _ = post_json(broker, "/uploads", {"filename": "me.png", "content_type": "image/png"})
     assert status == 200
+
+
+def test_decisions_of_every_protocol_are_counted(make_broker: Any) -> None:
+    """Companion's params route audits through Broker.emit, so it is counted like /uploads."""
+    from tests.protocols.conftest import call
+
+    broker = make_broker()
+    emf = io.StringIO()
+    broker.metrics = EmfWriter(emf)
+    answer = call(broker, "GET", "/s3/params", query={"filename": "me.exe", "type": "application/x-msdownload"})
+    assert answer.status == 403
+    (line,) = emf.getvalue().splitlines()
+    assert json.loads(line)["decision"] == "denied"
