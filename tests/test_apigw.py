@@ -165,3 +165,21 @@ def test_base64_body_is_decoded(broker: Any) -> None:
     event["isBase64Encoded"] = True
     status, _ = response(apigw.handle(broker, event))
     assert status == 200
+
+
+@pytest.mark.parametrize("event, expected", [
+    pytest.param({"version": "2.0", "rawPath": "/s3/params", "rawQueryString": "filename=a%2Cb.png&type=image%2Fpng",
+                  "queryStringParameters": {"filename": "a,b.png", "type": "image/png"},
+                  "requestContext": {"http": {"method": "GET"}}},
+                 {"filename": ["a,b.png"], "type": ["image/png"]}, id="v2_comma_in_a_value"),
+    pytest.param({"version": "2.0", "rawPath": "/s3/params", "rawQueryString": "x=1&x=2",
+                  "queryStringParameters": {"x": "1,2"}, "requestContext": {"http": {"method": "GET"}}},
+                 {"x": ["1", "2"]}, id="v2_repeated"),
+    pytest.param({"httpMethod": "GET", "path": "/s3/params", "requestContext": {},
+                  "queryStringParameters": {"filename": "a,b.png"},
+                  "multiValueQueryStringParameters": {"filename": ["a,b.png"]}},
+                 {"filename": ["a,b.png"]}, id="v1_comma_in_a_value"),
+])
+def test_query_values_keep_their_commas(event: dict[str, Any], expected: dict[str, list[str]]) -> None:
+    request, _ = apigw.to_request(event)
+    assert dict(request.query) == expected

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 from typing import Any, Mapping
+from urllib.parse import parse_qs
 
 from ..errors import BrokerError, InvalidRequest
 from ..web import HttpRequest, HttpResponse
@@ -63,13 +64,19 @@ def _headers(raw: Any, multi: Any = None) -> dict[str, str]:
     return headers
 
 
-def _query(raw: Any, multi: Any = None) -> dict[str, list[str]]:
+def _query(raw: Any, multi: Any = None, raw_string: Any = None) -> dict[str, list[str]]:
+    """Query parameters; the raw query string (v2) wins, since its parsed form joins repeats with ','."""
+    if isinstance(raw_string, str) and raw_string:
+        try:
+            return parse_qs(raw_string, keep_blank_values=True, max_num_fields=200)
+        except ValueError:
+            raise InvalidRequest("the query string has too many parameters", path="$.rawQueryString") from None
     out: dict[str, list[str]] = {}
     for name, values in _dict(multi, "multiValueQueryStringParameters").items():
         if isinstance(values, list):
             out[str(name)] = [str(v) for v in values]
     for name, value in _dict(raw, "queryStringParameters").items():
-        out.setdefault(str(name), [v for v in str(value).split(",")] if value is not None else [""])
+        out.setdefault(str(name), [str(value) if value is not None else ""])
     return out
 
 
@@ -125,7 +132,8 @@ def to_request(event: Any, context: Any = None) -> tuple[HttpRequest, str]:
             path = path[len(stage) + 1:]
         return HttpRequest(
             method=str(http.get("method", "GET")).upper(), path=path,
-            headers=_headers(event.get("headers")), query=_query(event.get("queryStringParameters")),
+            headers=_headers(event.get("headers")), query=_query(event.get("queryStringParameters"),
+                                                            raw_string=event.get("rawQueryString")),
             body=_body(event), source_ip=_str(http.get("sourceIp")),
             request_id=_str(rc.get("requestId")) or aws_id,
             principals=_principals(rc.get("authorizer")),
