@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 from typing import Any
 
 # Start-up allocates hundreds of thousands of long-lived objects (botocore's models, the
@@ -33,9 +32,9 @@ try:
         BROKER: _app.Broker | None = _app.build(Settings.from_env())
         _START_ERROR: str | None = None
         if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # on Lambda: counts as CloudWatch EMF lines
-            from broker.metrics import EmfWriter
+            from broker.metrics import EmfLines
 
-            BROKER.metrics = EmfWriter(sys.stdout)
+            BROKER.metrics = EmfLines()
     except ConfigError as exc:  # fail closed, loudly, but keep answering with a clear 503
         BROKER, _START_ERROR = None, exc.message
         log_event("startup_failed", error=exc.message)

@@ -6,9 +6,9 @@ register their routes here; they all go through :meth:`Broker.issue`.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -31,8 +31,14 @@ def utcnow() -> datetime:
 
 
 def new_random_id() -> str:
-    """122 random bits as 32 hex digits: the ``{uuid}`` in every key."""
-    return uuid.uuid4().hex
+    """A random UUID version 4 as 32 hex digits (122 random bits): the ``{uuid}`` in every key.
+
+    Exactly ``uuid.uuid4().hex`` from the same ``os.urandom``, at a third of the cost.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 @dataclass
@@ -65,8 +71,9 @@ class Call:
 class Broker:
     """Ties rules, signer and audit log together behind one ``handle`` method."""
 
-    #: Called with each decision's audit record after it is written; lambda_handler sets it.
-    metrics: Callable[[dict[str, Any]], None] | None = None
+    #: Renders the metric line(s) counting an audit record ('' for none); lambda_handler sets
+    #: it to ``broker.metrics.EmfLines``. They go to the audit stream with the audit line.
+    metrics: Callable[[dict[str, Any]], str] | None = None
 
     def __init__(
         self,
@@ -111,35 +118,38 @@ class Broker:
         """Write an audit record; failing to write means failing the request (503).
 
         Every protocol's decisions pass through here, so this is also where allowed/denied
-        decisions are counted (EMF lines on Lambda).
+        decisions are counted (EMF lines on Lambda, written to stdout in the same write as
+        the audit line: a decision that could not be audited is not counted either).
         """
         try:
-            self.audit_log.emit(rec)
+            self.audit_log.emit(rec, also=self.metrics(rec) if self.metrics is not None else "")
         except AuditUnavailable as exc:
             log_event("audit_write_failed", error=exc.message, request_id=rec.get("request_id"))
             raise
-        if self.metrics is not None and rec.get("decision") in ("allowed", "denied"):
-            self.metrics(rec)
 
     # ------------------------------------------------------------------ HTTP
 
     def handle(self, request: HttpRequest, *, transport: str = "http") -> HttpResponse:
         """Answer one HTTP request; never raises, never leaks a traceback to the client."""
-        call = Call(self, request, self.clock(), RequestContext(
-            request_id=request.request_id or uuid.uuid4().hex,
-            source_ip=request.source_ip,
-            user_agent=request.header("user-agent"),
-            transport=transport,
-        ))
+        now = self.clock()
+        request_id = request.request_id or new_random_id()
+        user_agent = request.headers.get("user-agent")
         try:
             if request.method == "OPTIONS":
-                response = self._preflight(request)
+                route = None
             else:
                 route, params = self.router.match(request.method, request.path)
-                call.context = replace(call.context, protocol=route.protocol)
                 if params:
-                    call.request = replace(request, path_params=params)
-                response = route.handler(call)
+                    request = replace(request, path_params=params)
+        except BrokerError as exc:  # no such route: audited as the broker's own protocol
+            call = Call(self, request, now, RequestContext(request_id, request.source_ip, user_agent,
+                                                           transport=transport))
+            return self._finish(request, call, self.error_response(call, exc))
+        call = Call(self, request, now, RequestContext(
+            request_id, request.source_ip, user_agent,
+            "native" if route is None else route.protocol, transport))
+        try:
+            response = self._preflight(request) if route is None else route.handler(call)
         except BrokerError as exc:
             response = self.error_response(call, exc)
         except Exception:  # a bug: log it for the operator, tell the client nothing inside
@@ -148,6 +158,9 @@ class Broker:
             response = HttpResponse.json(500, {"error": "internal_error",
                                                "message": "the broker failed; the request id is "
                                                           + call.context.request_id})
+        return self._finish(request, call, response)
+
+    def _finish(self, request: HttpRequest, call: Call, response: HttpResponse) -> HttpResponse:
         response.headers.setdefault("X-Request-Id", call.context.request_id)
         self._cors(request, response)
         return response

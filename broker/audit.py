@@ -91,16 +91,19 @@ class AuditLog:
         except OSError as exc:
             raise AuditUnavailable(f"cannot open the audit log {self._path}: {exc.strerror}") from None
 
-    def emit(self, rec: dict[str, Any]) -> None:
-        """Write one record as one line; raises ``AuditUnavailable`` if the file write fails."""
+    def emit(self, rec: dict[str, Any], *, also: str = "") -> None:
+        """Write one record as one line; raises ``AuditUnavailable`` if the file write fails.
+
+        ``also``: whole lines (metrics) written to the stream right after the record, in the
+        same write; never to the audit file.
+        """
         line = _ENCODER.encode(rec) + "\n"
-        data = line.encode("utf-8")
         with self._lock:
             if self._path:
-                self._write_file(data)
+                self._write_file(line.encode("utf-8"))
             if self._stream is not None:
                 try:
-                    self._stream.write(line)
+                    self._stream.write(line + also if also else line)
                     self._stream.flush()
                 except (OSError, ValueError):
                     pass  # the file (or, on Lambda, CloudWatch) is the record of truth
