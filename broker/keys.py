@@ -35,6 +35,7 @@ MAX_FILENAME_CHARS = 128
 _SAFE_LITERAL = re.compile(r"^[A-Za-z0-9!_.*'()/=-]*$")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
+_RANDOM_ID = re.compile(r"[0-9a-f]{32}")
 _SLASHES = {"/", "\\", "\u2044", "\u2215", "\u29f8", "\uff0f", "\uff3c", "\u2216", "\ufe68"}
 
 
@@ -169,20 +170,36 @@ def render_key(
     filename: str,
 ) -> str:
     """Render a validated template for one grant; ``random_id`` is 32 hex digits."""
-    if not re.fullmatch(r"[0-9a-f]{32}", random_id):
+    if len(random_id) != 32 or not _RANDOM_ID.fullmatch(random_id):
         raise ValueError("random_id must be 32 lower-case hex digits (a uuid4().hex)")
-    values = {
-        "client": client,
-        "profile": profile,
-        "uuid": random_id,
-        "date": f"{now.year:04d}-{now.month:02d}-{now.day:02d}",  # strftime costs 10x as much
-        "year": f"{now.year:04d}",
-        "month": f"{now.month:02d}",
-        "day": f"{now.day:02d}",
-        "ext": extension(filename),
-        "filename": slugify(filename),
-    }
-    return template.format_map(values)
+    return template.format_map(_KeyValues(client, profile, random_id, now, filename))
+
+
+class _KeyValues(dict):  # type: ignore[type-arg]
+    """A template's values, each worked out only if the template asks for it."""
+
+    __slots__ = ("_now", "_filename")
+
+    def __init__(self, client: str, profile: str, random_id: str, now: datetime, filename: str) -> None:
+        super().__init__(client=client, profile=profile, uuid=random_id)
+        self._now = now
+        self._filename = filename
+
+    def __missing__(self, name: str) -> str:
+        now = self._now
+        if name == "date":
+            return f"{now.year:04d}-{now.month:02d}-{now.day:02d}"  # strftime costs 10x as much
+        if name == "year":
+            return f"{now.year:04d}"
+        if name == "month":
+            return f"{now.month:02d}"
+        if name == "day":
+            return f"{now.day:02d}"
+        if name == "ext":
+            return extension(self._filename)
+        if name == "filename":
+            return slugify(self._filename)
+        raise KeyError(name)
 
 
 def content_disposition(disposition: str, filename: str) -> str:

@@ -25,13 +25,14 @@ from typing import Any, Callable
 
 from .config import Settings
 from .errors import ServiceUnavailable
-from .models import Grant, SignedPost
+from .models import Grant, SignedPost, iso_seconds
 
 #: Never sign a policy that outlives the signing credentials by less than this margin.
 CREDENTIAL_MARGIN = timedelta(seconds=30)
 # Fields the audit log must never see the value of.
 SECRET_CONDITION_FIELDS = frozenset({"x-amz-security-token", "x-amz-credential"})
 _FILENAME = "${filename}"
+_ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"  # botocore.auth.ISO8601, which models.iso_seconds writes
 
 
 def make_s3_client(settings: Settings, region: str) -> Any:
@@ -104,18 +105,19 @@ class Signer:
     def sign(self, grant: Grant, *, now: datetime) -> SignedPost:
         """Presign a POST whose policy binds the exact key, bucket, size range and every field."""
         policy_out: dict[str, Any] = {}
-        post = self.presigned_post(grant.bucket, grant.key, dict(grant.fields), grant.conditions(),
+        post = self.presigned_post(grant.bucket, grant.key, grant.fields, grant.conditions(),  # copied there
                                    self.expires_in(grant, now), policy_out=policy_out)
         policy = policy_out.get("policy") or decode_policy(post["fields"]["policy"])
-        return SignedPost(post["url"], post["fields"], parse_expiration(policy["expiration"]),
-                          tuple(policy["conditions"]))
+        expires_at = policy_out.get("expires_at") or parse_expiration(policy["expiration"])
+        return SignedPost(post["url"], post["fields"], expires_at, tuple(policy["conditions"]))
 
     def presigned_post(self, bucket: str, key: str, fields: dict[str, Any], conditions: list[Any],
                        expires_in: int, *, policy_out: dict[str, Any] | None = None) -> dict[str, Any]:
         """Exactly ``client.generate_presigned_post(...)``, with the endpoint resolved once per bucket.
 
         ``policy_out["policy"]`` receives the policy document as signed, when botocore leaves
-        it where it did when this was written (saves decoding it again from the form).
+        it where it did when this was written (saves decoding it again from the form), and
+        ``policy_out["expires_at"]`` its expiration as a datetime when it was made here.
         """
         prepared = self._prepared(bucket) if self._fast else None
         if prepared is None:
@@ -136,7 +138,7 @@ class Signer:
                 request_dict=request, fields=fields, conditions=conditions, expires_in=expires_in)
         else:
             post = _sign_post(self._client._request_signer, prepared.auth, request, fields,
-                              conditions, expires_in)
+                              conditions, expires_in, policy_out)
         if policy_out is not None:
             policy = request["context"].get("s3-presign-post-policy")
             if isinstance(policy, dict):
@@ -227,27 +229,50 @@ def _direct_auth(client: Any, request: dict[str, Any]) -> tuple[str, str, str] |
     return (signing_name, signer.region_name, version) if before == after else None
 
 
+class _Botocore:
+    """The botocore parts ``_sign_post`` uses, imported once (imports in a function cost ~1 µs each).
+
+    Modules, not functions, are kept: tests freeze botocore's clock by patching the modules.
+    """
+
+    def __init__(self) -> None:
+        import botocore.auth
+        import botocore.awsrequest
+        import botocore.signers
+
+        self.signers = botocore.signers
+        self.create_request_object = botocore.awsrequest.create_request_object
+        self.iso8601 = botocore.auth.ISO8601
+
+
+_BOTOCORE: _Botocore | None = None
+
+
 def _sign_post(request_signer: Any, auth_args: tuple[str, str, str], request_dict: dict[str, Any],
-               fields: dict[str, Any], conditions: list[Any], expires_in: int) -> dict[str, Any]:
+               fields: dict[str, Any], conditions: list[Any], expires_in: int,
+               policy_out: dict[str, Any] | None = None) -> dict[str, Any]:
     """``S3PostPresigner.generate_presigned_post`` with the once-per-bucket choices made already.
 
     The policy is assembled as S3PostPresigner assembles it, from botocore's clock; the
     credentials come from ``RequestSigner.get_auth_instance`` (refreshed as botocore
     refreshes them), and botocore's ``S3SigV4PostAuth.add_auth`` does all the signing.
     """
-    import botocore.signers
-    from botocore.auth import ISO8601
-    from botocore.awsrequest import create_request_object
-
-    expire_date = botocore.signers.get_current_datetime() + timedelta(seconds=expires_in)
-    policy = {"expiration": expire_date.strftime(ISO8601), "conditions": list(conditions)}
-    request = create_request_object(request_dict)
+    global _BOTOCORE
+    bc = _BOTOCORE or _Botocore()
+    _BOTOCORE = bc
+    expire_date = bc.signers.get_current_datetime() + timedelta(seconds=expires_in)
+    iso8601 = bc.iso8601
+    expiration = iso_seconds(expire_date) if iso8601 == _ISO_SECONDS else expire_date.strftime(iso8601)
+    policy = {"expiration": expiration, "conditions": conditions}
+    request = bc.create_request_object(request_dict)
     request.context["s3-presign-post-fields"] = fields
     request.context["s3-presign-post-policy"] = policy
     signing_name, region_name, version = auth_args
     auth = request_signer.get_auth_instance(signing_name=signing_name, region_name=region_name,
                                             signature_version=version)
     auth.add_auth(request)
+    if policy_out is not None:
+        policy_out["expires_at"] = expire_date.replace(microsecond=0, tzinfo=timezone.utc)
     return {"url": request.url, "fields": fields}
 
 
@@ -282,7 +307,12 @@ def public_conditions(conditions: tuple[Any, ...] | list[Any]) -> list[Any]:
     """Policy conditions safe to log: without the credential scope or session token."""
     out = []
     for cond in conditions:
-        if isinstance(cond, dict) and any(k.lower() in SECRET_CONDITION_FIELDS for k in cond):
-            continue
-        out.append(cond)
+        if isinstance(cond, dict):
+            for name in cond:
+                if name.lower() in SECRET_CONDITION_FIELDS:
+                    break
+            else:
+                out.append(cond)
+        else:
+            out.append(cond)
     return out

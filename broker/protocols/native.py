@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import schemas
 from ..errors import InvalidRequest
-from ..models import Decision, SignedPost, UploadRequest
+from ..models import Decision, SignedPost, UploadRequest, iso_seconds
 from ..rules import human_size
 from ..web import HttpResponse
 
@@ -71,7 +71,7 @@ def grant_body(decision: Decision, signed: SignedPost) -> dict[str, Any]:
         "fields": dict(signed.fields),
         "key": grant.key,
         "bucket": grant.bucket,
-        "expires_at": signed.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expires_at": iso_seconds(signed.expires_at),
         "max_bytes": grant.max_bytes,
         "min_bytes": grant.min_bytes,
         "content_type": grant.content_type,
