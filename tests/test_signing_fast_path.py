@@ -185,6 +185,34 @@ def test_falls_back_to_the_public_call(monkeypatch: pytest.MonkeyPatch, frozen: 
     assert capsys.readouterr().err.count("signing_fast_path_unavailable") == 1
 
 
+def test_an_add_auth_that_reads_more_of_the_request_falls_back(monkeypatch: pytest.MonkeyPatch, frozen: datetime,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Forms are signed on a carrier holding only the context; should botocore's add_auth come
+    to read more (here: the headers), the signer gives the public call's exact form instead."""
+    import botocore.auth
+
+    credentials(monkeypatch, "token")
+    settings = Settings(region="eu-west-1")
+    real_add_auth = botocore.auth.S3SigV4PostAuth.add_auth
+
+    def add_auth(self: Any, request: Any) -> None:
+        real_add_auth(self, request)  # mutates the form first, as a partial failure would
+        request.headers.get("host")
+
+    monkeypatch.setattr(botocore.auth.S3SigV4PostAuth, "add_auth", add_auth)
+    signer = Signer(make_s3_client(settings, "eu-west-1"))
+    g = grant("broker-uploads")
+    fields, conditions = dict(g.fields), g.conditions()
+    signed = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
+    again = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
+    expected = boto3_client(settings, "eu-west-1").generate_presigned_post(
+        Bucket=g.bucket, Key=g.key, Fields=fields, Conditions=conditions, ExpiresIn=g.expires_in)
+    assert list(signed.fields.items()) == list(expected["fields"].items()) == list(again.fields.items())
+    assert list(signed.conditions) == decode_policy(expected["fields"]["policy"])["conditions"]
+    assert (dict(g.fields), g.conditions()) == (fields, conditions)  # the grant itself untouched
+    assert capsys.readouterr().err.count("signing_fast_path_unavailable") == 1
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     pytest.param("2026-11-28T14:54:31Z", datetime(2026, 11, 28, 14, 54, 31, tzinfo=timezone.utc), id="botocore"),
     pytest.param("2026-12-31T23:59:59Z", datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc), id="year_end"),

@@ -21,8 +21,17 @@ def register(broker: "Broker") -> None:
 
 def parse_upload_request(body: Any) -> UploadRequest:
     """Validate a ``POST /uploads`` body against its schema; 400 names every bad field."""
-    errors = sorted(schemas.validator("upload-request").iter_errors(body),
-                    key=lambda e: list(map(str, e.absolute_path)))
+    validator = schemas.validator("upload-request")
+    if not validator.accepts(body):  # not proven valid by the compiled check: ask jsonschema
+        _refuse(validator, body)
+    size = body.get("size")
+    return UploadRequest(body["filename"], body["content_type"], None if size is None else int(size),
+                         body.get("profile"), body.get("metadata") or {})
+
+
+def _refuse(validator: Any, body: Any) -> None:
+    """Raise the 400 naming every schema error of ``body`` (if it has none, return)."""
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         first = errors[0]
         path = schemas.json_path(first.absolute_path)
@@ -31,13 +40,6 @@ def parse_upload_request(body: Any) -> UploadRequest:
             errors=[{"path": schemas.json_path(e.absolute_path), "message": _message(e)}
                     for e in errors[:10]],
         )
-    return UploadRequest(
-        filename=body["filename"],
-        content_type=body["content_type"],
-        size=None if body.get("size") is None else int(body["size"]),
-        profile=body.get("profile"),
-        metadata=body.get("metadata") or {},
-    )
 
 
 def _message(err: Any) -> str:
