@@ -91,9 +91,12 @@ def equal(one: Any, two: Any) -> bool:
     return bool(_unbool(one) == _unbool(two))
 
 
+_ONLY_STR = {str}
+
+
 def unique(container: list[Any]) -> bool:
     """Whether all elements differ under :func:`equal` (jsonschema's ``uniq``)."""
-    if all(type(i) is str for i in container):  # the common case: equal() is == for strings
+    if not container or set(map(type, container)) == _ONLY_STR:  # the common case: equal() is ==
         return len(set(container)) == len(container)
     try:
         ordered = sorted(_unbool(i) for i in container)
@@ -157,6 +160,9 @@ class _Compiler:
         return target
 
     def _build(self, s: dict[str, Any], root: bool) -> Check:
+        fused = _fused(self, s)
+        if fused is not None:
+            return fused
         checks: list[Check] = []
         for keyword in s:
             if keyword in ANNOTATIONS or (keyword == "$id" and root):
@@ -239,7 +245,17 @@ def _const(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
 def _enum(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
     if not isinstance(value, list):
         raise Unsupported("enum must be an array")
-    return lambda x: any(equal(each, x) for each in value)
+    # A str equals only a str, an int only a number that is not a bool: a set answers those.
+    strings = frozenset(v for v in value if type(v) is str)
+    numbers = frozenset(v for v in value if type(v) in (int, float))
+
+    def check(x: Any) -> bool:
+        if type(x) is str:
+            return x in strings
+        if type(x) is int:
+            return x in numbers
+        return any(equal(each, x) for each in value)
+    return check
 
 
 def _compare(op: Callable[[Any, Any], bool]) -> Callable[[_Compiler, Any, dict[str, Any]], Check]:
@@ -286,12 +302,21 @@ def _properties(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
     if not isinstance(value, dict):
         raise Unsupported("properties must be an object")
     subs = [(name, c.node(sub)) for name, sub in value.items()]
+    table = dict(subs)
+    many = len(table)
 
     def check(x: Any) -> bool:
         if isinstance(x, dict):
-            for name, sub in subs:
-                if name in x and not sub(x[name]):
-                    return False
+            if len(x) < many:  # look up the instance's few keys rather than every property
+                get = table.get
+                for k, v in x.items():
+                    sub = get(k)
+                    if sub is not None and not sub(v):
+                        return False
+            else:
+                for name, sub in subs:
+                    if name in x and not sub(x[name]):
+                        return False
         return True
     return check
 
@@ -360,7 +385,16 @@ def _any_of(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
 
 def _one_of(c: _Compiler, value: Any, s: dict[str, Any]) -> Check:
     subs = [c.node(sub) for sub in _list(value, "oneOf")]
-    return lambda x: sum(1 for sub in subs if sub(x)) == 1
+
+    def check(x: Any) -> bool:
+        matched = False
+        for sub in subs:
+            if sub(x):
+                if matched:
+                    return False
+                matched = True
+        return matched
+    return check
 
 
 def _list(value: Any, keyword: str) -> list[Any]:
@@ -427,6 +461,67 @@ def _unevaluated(c: _Compiler, s: dict[str, Any]) -> Check:
             return True
         evaluated = c.evaluated_keys(s, x)
         return all(sub(v) for k, v in x.items() if k not in evaluated)
+    return check
+
+
+# The commonest shapes in the broker's schemas, each as one function instead of a chain:
+# a string with a pattern and/or length limits, an array of typed items.
+_STRING_KEYWORDS = frozenset({"type", "pattern", "minLength", "maxLength"})
+_ARRAY_KEYWORDS = frozenset({"type", "items", "minItems", "maxItems", "uniqueItems"})
+
+
+def _fused(c: _Compiler, s: dict[str, Any]) -> Check | None:
+    """One check for a whole string or array schema, or None for the general way."""
+    kind = s.get("type")
+    keywords = s.keys() - ANNOTATIONS
+    if kind == "string" and keywords <= _STRING_KEYWORDS:
+        return _fused_string(s)
+    if kind == "array" and keywords <= _ARRAY_KEYWORDS:
+        return _fused_array(c, s)
+    return None
+
+
+def _fused_string(s: dict[str, Any]) -> Check:
+    lo = _count(s.get("minLength", 0), "minLength")
+    hi = _count(s["maxLength"], "maxLength") if "maxLength" in s else None
+    search = None
+    if "pattern" in s:
+        if not isinstance(s["pattern"], str):
+            raise Unsupported("pattern must be a string")
+        try:
+            search = re.compile(s["pattern"]).search
+        except re.error:
+            raise Unsupported(f"pattern {s['pattern']!r} does not compile") from None
+    if search is not None and not lo and hi is None:
+        return lambda x: isinstance(x, str) and search(x) is not None
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, str):
+            return False
+        n = len(x)
+        if n < lo or (hi is not None and n > hi):
+            return False
+        return search is None or search(x) is not None
+    return check
+
+
+def _fused_array(c: _Compiler, s: dict[str, Any]) -> Check:
+    lo = _count(s.get("minItems", 0), "minItems")
+    hi = _count(s["maxItems"], "maxItems") if "maxItems" in s else None
+    sub = c.node(s["items"]) if "items" in s else None
+    distinct = bool(s.get("uniqueItems"))
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, list):
+            return False
+        n = len(x)
+        if n < lo or (hi is not None and n > hi):
+            return False
+        if sub is not None:
+            for v in x:
+                if not sub(v):
+                    return False
+        return not distinct or unique(x)
     return check
 
 
