@@ -1,4 +1,4 @@
-"""Settings from the environment and rules from YAML: parsed and validated once, loudly.
+"""Settings from the environment and rules from YAML or JSON: parsed and validated once, loudly.
 
 ``load_rules`` checks a rules document against ``schemas/rules.schema.json`` and then
 semantically, and raises :class:`~broker.errors.RulesError` listing *every* problem with its
@@ -9,19 +9,17 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import yaml
-
 from . import keys, schemas
 from .errors import ConfigError, Problem, RulesError
 from .mediatypes import EXTENSION_TYPES, type_matches
 from .models import Client, Encryption, Rule, RuleSet
-from .yamlload import Loader as _Loader
 
 DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules.yaml")
 SINGLE_POST_LIMIT = 5 * 1000**3  # S3 refuses a single POST above 5 GB
@@ -147,15 +145,9 @@ def load_rules(text: str | bytes, *, source: str = "<rules>") -> RuleSet:
 
 
 def _load_rules(text: str | bytes, source: str) -> RuleSet:
-    try:
-        doc = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RulesError(source, [Problem("$", f"not valid YAML at {where}: {problem}")]) from None
+    doc, form = _parse(text, source)
     if not isinstance(doc, dict):
-        raise RulesError(source, [Problem("$", "the rules file must be a YAML mapping "
+        raise RulesError(source, [Problem("$", f"the rules file must be a {form} "
                                                "with version, bucket and clients")])
     oversized = _oversized(doc)
     if oversized:
@@ -168,6 +160,59 @@ def _load_rules(text: str | bytes, source: str) -> RuleSet:
         raise RulesError(source, problems)
     assert ruleset is not None
     return ruleset
+
+
+_JSON_TEXT = re.compile(r"\ufeff?\s*\{")
+_JSON_BYTES = re.compile(rb"(?:\xef\xbb\xbf)?\s*\{")
+_JSON_HINT = ("a .json rules file must be strict JSON: double-quoted names and strings, no trailing "
+              "commas, no comments (or name it .yaml to write YAML)")
+
+
+def _parse(text: str | bytes, source: str) -> tuple[Any, str]:
+    """The document and what it was written as: JSON for a ``.json`` source, else YAML.
+
+    YAML text that starts with ``{`` and is valid JSON is read by the JSON parser, a tenth
+    of the time; anything it refuses (YAML's flow style, comments) is read as YAML.
+    """
+    if source.lower().endswith(".json"):
+        return _load_json(text, source), "JSON object"
+    if (_JSON_BYTES if isinstance(text, bytes) else _JSON_TEXT).match(text):  # type: ignore[arg-type]
+        try:
+            return json.loads(text), "YAML mapping"
+        except (ValueError, RecursionError):
+            pass
+    return _load_yaml(text, source), "YAML mapping"
+
+
+def _load_json(text: str | bytes, source: str) -> Any:
+    if isinstance(text, str) and text.startswith("\ufeff"):
+        text = text[1:]  # json.loads refuses a BOM in str (it skips one in bytes)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; {_JSON_HINT}"
+    except UnicodeDecodeError as exc:
+        problem = (f"not valid JSON: the text cannot be decoded ({exc.reason} at byte {exc.start}); "
+                   "save it as UTF-8")
+    except RecursionError:
+        problem = f"the rules nest more than {MAX_RULES_DEPTH} levels deep"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        problem = f"not valid JSON: {exc}"
+    raise RulesError(source, [Problem("$", problem)])
+
+
+def _load_yaml(text: str | bytes, source: str) -> Any:
+    import yaml  # only here: rules written as JSON never need PyYAML (~30 ms of a cold start)
+
+    from .yamlload import Loader
+
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RulesError(source, [Problem("$", f"not valid YAML at {where}: {problem}")]) from None
 
 
 # Far above any real rules file. Past them the validator would recurse out of the stack
@@ -444,3 +489,11 @@ def _overlap_problems(clients: Mapping[str, Client]) -> list[Problem]:
                     rule.name,
                 ))
     return problems
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_Loader":  # the YAML loader, imported on first use (bench/bench.py times it)
+        from .yamlload import Loader
+
+        return Loader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""The YAML reader for rules files: PyYAML's safe loader, same meaning, a good deal faster."""
+"""The YAML reader for rules files: PyYAML's safe loader, same meaning, a good deal faster.
+
+Imported only when a rules file is YAML (JSON rules never need PyYAML).
+"""
 from __future__ import annotations
 
 from typing import Any
