@@ -105,10 +105,12 @@ def _number(env: Mapping[str, str], name: str, default: Any, kind: Callable[[str
 # --------------------------------------------------------------------------- rules
 
 
-def parse_size(value: int | str) -> int:
+def parse_size(value: int | float | str) -> int:
     """Bytes from an int or a string such as ``'5 MB'`` (decimal) or ``'5 MiB'`` (binary)."""
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():  # 5e6 or 1000.0: JSON Schema's integers too
+        return int(value)
     match = _SIZE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a size such as 1048576, '5 MB' or '5 MiB'")
@@ -213,6 +215,10 @@ def _load_yaml(text: str | bytes, source: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
         raise RulesError(source, [Problem("$", f"not valid YAML at {where}: {problem}")]) from None
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:  # PyYAML's converters: 0x_, !!bool maybe
+        raise RulesError(source, [Problem("$", f"not valid YAML: a tagged or number-like value cannot be "
+                                               f"converted ({type(exc).__name__}: {exc}); quote it if "
+                                               "it is meant as text")]) from None
 
 
 # Far above any real rules file. Past them the validator would recurse out of the stack
@@ -329,7 +335,7 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
         return None, problems  # top-level errors: semantic checks would only add noise
     bucket = doc["bucket"]
     region = doc.get("region", "us-east-1")
-    max_expires = doc.get("max_expires_in", 3600)
+    max_expires = _whole(doc.get("max_expires_in", 3600))
     defaults = {**RULE_DEFAULTS, **doc.get("defaults", {})}
     clients: dict[str, Client] = {}
     by_key: dict[str, str] = {}
@@ -388,6 +394,11 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
     return ruleset, problems
 
 
+def _whole(number: Any) -> Any:
+    """201 for 201.0: JSON Schema counts integral floats as integers, S3 wants "201"."""
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
 def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expires: int,
                 path: str) -> tuple[Rule, list[Problem]]:
     name = r["name"]
@@ -419,8 +430,9 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
     content_types = tuple([t.lower() for t in r.get("content_types", ())])
     for msg in _template_problems(r["key"]):
         problem("key", f"key template {r['key']!r}: {msg}")
-    if r["expires_in"] > max_expires:
-        problem("expires_in", f"expires_in ({r['expires_in']}s) is above max_expires_in ({max_expires}s)")
+    expires_in = _whole(r["expires_in"])
+    if expires_in > max_expires:
+        problem("expires_in", f"expires_in ({expires_in}s) is above max_expires_in ({max_expires}s)")
     extensions = tuple(r.get("extensions", ()))
     for field, message in _extension_problems(extensions, content_types):
         problem(field, message)
@@ -431,11 +443,11 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
     rule = Rule(
         name=name, client=cid, key_template=r["key"], bucket=r.get("bucket", bucket), region=region,
         min_bytes=min_bytes, max_bytes=max_bytes, content_types=content_types,
-        expires_in=min(r["expires_in"], max_expires), extensions=extensions, acl=r["acl"],
+        expires_in=min(expires_in, max_expires), extensions=extensions, acl=r["acl"],
         cache_control=r.get("cache_control"), content_disposition=r.get("content_disposition"),
         encryption=encryption, storage_class=r.get("storage_class"),
         metadata=dict(r.get("metadata", {})), client_metadata=tuple(r.get("client_metadata", ())),
-        success_action_status=None if status is None else str(status),
+        success_action_status=None if status is None else str(_whole(status)),
         multipart=bool(r.get("multipart", False)), path=path,
     )
     return rule, problems

@@ -116,3 +116,27 @@ def test_a_large_realistic_rules_document_is_not_taken_for_an_alias_bomb() -> No
         {"name": "a", "max_bytes": 10, "content_types": ["image/png", "image/jpeg"], "metadata": {"x": "y"}}] * 3}
         for i in range(10_000)}
     assert _oversized({"version": 1, "bucket": "b", "clients": clients}) is None
+
+
+def test_integral_floats_in_integer_fields_load_as_integers() -> None:
+    # JSON Schema counts 1000.0 as an integer; S3 wants success_action_status "201", not "201.0"
+    ruleset = load_rules("""
+version: 1
+bucket: b-uploads
+max_expires_in: 3600.0
+clients:
+  acme:
+    api_key_sha256: ["0000000000000000000000000000000000000000000000000000000000000001"]
+    rules:
+      - {name: a, min_bytes: 1.0e+3, max_bytes: 5000.0, expires_in: 300.0, success_action_status: 201.0,
+         content_types: [image/png]}
+""")
+    rule = ruleset.clients["acme"].rules["a"]
+    assert (rule.min_bytes, rule.max_bytes, rule.expires_in, rule.success_action_status) == (1000, 5000, 300, "201")
+    assert ruleset.max_expires_in == 3600 and type(ruleset.max_expires_in) is int
+
+
+@pytest.mark.parametrize("text", ["a: 0x_", "a: !!int abc", "a: !!bool maybe", "a: !!timestamp nope"])
+def test_values_pyyaml_cannot_convert_are_rules_errors(text: str) -> None:
+    with pytest.raises(RulesError, match="not valid YAML: a tagged or number-like value cannot be converted"):
+        load_rules(text)
