@@ -6,7 +6,6 @@ refuses to issue (fail closed): :meth:`AuditLog.emit` raises ``AuditUnavailable`
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -14,14 +13,9 @@ from datetime import datetime
 from typing import IO, Any
 
 from .errors import AuditUnavailable, BrokerError
+from .jsontext import ascii_line
 from .models import Decision, RequestContext, SignedPost, UploadRequest
 from .signing import public_conditions
-
-
-# Built once: json.dumps with options builds a new encoder on every call. ASCII only: a client's
-# U+2028 or U+0085 left raw would end the line for readers that split on them (str.splitlines,
-# JavaScript, some log viewers), letting a request forge what looks like another audit line.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def _iso(moment: datetime) -> str:
@@ -98,7 +92,7 @@ class AuditLog:
         ``also``: whole lines (metrics) written to the stream right after the record, in the
         same write; never to the audit file.
         """
-        line = _ENCODER.encode(rec) + "\n"
+        line = ascii_line(rec) + "\n"  # ASCII: no U+2028 in a line can fake the next one
         with self._lock:
             if self._path:
                 self._write_file(line.encode("utf-8"))

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from .jsontext import compact_bytes
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-# Built once: json.loads/json.dumps with options build a new decoder/encoder on every call.
+# Built once: json.loads with options builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 # No wire format nests deeper than 4. A body nested ~1000 deep parses, but then exhausts the
@@ -109,7 +109,7 @@ class HttpResponse:
     @classmethod
     def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> "HttpResponse":
         """A JSON response that is never cached."""
-        body = _ENCODER.encode(payload).encode()
+        body = compact_bytes(payload)
         return cls(status, body, {"Content-Type": "application/json", "Cache-Control": "no-store",
                                   **(headers or {})})
 
