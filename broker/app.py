@@ -41,6 +41,12 @@ def new_random_id() -> str:
     return raw.hex()
 
 
+def _random_grant_secret() -> bytes:
+    log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
+                                          "verify only in this process; set it where several serve the broker")
+    return os.urandom(32)
+
+
 @dataclass
 class Call:
     """One request in flight: the request, the time it is judged at, and audit context."""
@@ -94,8 +100,8 @@ class Broker:
         self.new_id = new_id
         self.max_body_bytes = max_body_bytes
         self.store = store  # the S3 client, for protocols that must talk to the store
-        # MACs Fine Uploader grant tokens; None: a random one per process (broker.grants)
-        self.grant_secret = grant_secret
+        # MACs Fine Uploader grant tokens (broker.grants); without one, a random one per process
+        self.grant_secret = grant_secret or _random_grant_secret()
         self.router = Router()
         from .protocols import register_all
 

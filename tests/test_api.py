@@ -156,3 +156,50 @@ def _grant() -> Any:
     from broker.models import Grant
 
     return Grant("c", "p", "b", "k", "image/png", 1, 2, 300, {})
+
+
+def test_lazy_protocols_list_exactly_their_modules_routes(make_broker: Any) -> None:
+    """ROUTES (what is registered at start) and each module's handlers (what runs) agree."""
+    import importlib
+
+    from broker.protocols import ROUTES
+
+    broker = make_broker()
+    for name, routes in ROUTES.items():
+        module = importlib.import_module(f"broker.protocols.{name}")
+        assert module.PROTOCOL == name
+        assert set(module.handlers(broker)) == set(routes), name
+
+
+def test_cold_start_does_not_import_the_other_protocols(tmp_path: Any) -> None:
+    """A fresh broker answering POST /uploads loads Fine Uploader's and Companion's modules only
+    when one of their routes is called."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import io, json, sys
+from broker import app
+from broker.config import Settings
+from broker.web import HttpRequest
+broker = app.build(Settings(), audit_stream=io.StringIO())
+def loaded():
+    return sorted(m.rsplit(".", 1)[1] for m in sys.modules
+                  if m in ("broker.protocols.fineuploader", "broker.protocols.companion"))
+body = json.dumps({"filename": "me.png", "content_type": "image/png"}).encode()
+headers = {"content-type": "application/json", "x-api-key": "demo-web-app-key"}
+first = broker.handle(HttpRequest("POST", "/uploads", headers, {}, body)).status
+before = loaded()
+second = broker.handle(HttpRequest("GET", "/s3/params", headers, {"filename": ["me.png"], "type": ["image/png"]})).status
+print(json.dumps([first, before, second, loaded()]))
+"""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    env.pop("AWS_SESSION_TOKEN", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=tmp_path).stdout
+    first, before, second, after = json.loads(out.splitlines()[-1])
+    assert (first, before) == (200, [])
+    assert (second, after) == (200, ["companion"])

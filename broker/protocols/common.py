@@ -1,8 +1,7 @@
-"""Pieces the Fine Uploader and Companion adapters share: decide without signing, audit, secrets."""
+"""Pieces the Fine Uploader and Companion adapters share: decide without signing, audit."""
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,16 +13,6 @@ from ..sources import log_event
 
 if TYPE_CHECKING:
     from ..app import Broker, Call
-
-
-def grant_secret(broker: "Broker") -> bytes:
-    """The broker's grant secret, or a random one for this process (one-process servers only)."""
-    configured = getattr(broker, "grant_secret", None)
-    if configured:
-        return configured
-    log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
-                                          "verify only in this process; set it where several serve the broker")
-    return secrets.token_bytes(32)
 
 
 def decide(call: "Call", client: Client, ruleset: RuleSet, request: UploadRequest) -> Decision:

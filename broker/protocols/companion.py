@@ -46,19 +46,18 @@ _PART = re.compile(r"^[1-9][0-9]{0,4}$")
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
 
 
-def register(broker: "Broker") -> None:
-    """Add the Companion routes."""
+def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
+    """The handler of each Companion route (the routes: ``broker.protocols.ROUTES``)."""
     endpoints = Companion(StoreSigner(broker.store))
-    for method, path, handler in (
-        ("GET", "/s3/params", endpoints.params),
-        ("POST", "/s3/multipart", endpoints.create),
-        ("GET", "/s3/multipart/{uploadId}/batch", endpoints.sign_batch),
-        ("GET", "/s3/multipart/{uploadId}/{partNumber}", endpoints.sign_part),
-        ("GET", "/s3/multipart/{uploadId}", endpoints.list),
-        ("POST", "/s3/multipart/{uploadId}/complete", endpoints.complete),
-        ("DELETE", "/s3/multipart/{uploadId}", endpoints.abort),
-    ):
-        broker.router.add(method, path, handler, protocol=PROTOCOL)
+    return {
+        ("GET", "/s3/params"): endpoints.params,
+        ("POST", "/s3/multipart"): endpoints.create,
+        ("GET", "/s3/multipart/{uploadId}/batch"): endpoints.sign_batch,
+        ("GET", "/s3/multipart/{uploadId}/{partNumber}"): endpoints.sign_part,
+        ("GET", "/s3/multipart/{uploadId}"): endpoints.list,
+        ("POST", "/s3/multipart/{uploadId}/complete"): endpoints.complete,
+        ("DELETE", "/s3/multipart/{uploadId}"): endpoints.abort,
+    }
 
 
 def upload_request(filename: Any, content_type: Any, metadata: Any, *, where: str) -> UploadRequest:

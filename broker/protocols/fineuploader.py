@@ -48,16 +48,15 @@ _PARAM_FIELDS = ("Cache-Control", "Content-Disposition", "x-amz-server-side-encr
                  "x-amz-server-side-encryption-aws-kms-key-id")
 
 
-def register(broker: "Broker") -> None:
-    """Add the Fine Uploader routes."""
-    endpoints = FineUploader(common.grant_secret(broker), StoreSigner(broker.store))
-    for method, path, handler in (
-        ("GET", "/fineuploader/config", endpoints.config),
-        ("POST", "/fineuploader/key", endpoints.key),
-        ("POST", "/fineuploader/signature", endpoints.signature),
-        ("POST", "/fineuploader/success", endpoints.success),
-    ):
-        broker.router.add(method, path, _fine_uploader_errors(handler), protocol=PROTOCOL)
+def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
+    """The handler of each Fine Uploader route (the routes: ``broker.protocols.ROUTES``)."""
+    endpoints = FineUploader(broker.grant_secret, StoreSigner(broker.store))
+    return {
+        ("GET", "/fineuploader/config"): _fine_uploader_errors(endpoints.config),
+        ("POST", "/fineuploader/key"): _fine_uploader_errors(endpoints.key),
+        ("POST", "/fineuploader/signature"): _fine_uploader_errors(endpoints.signature),
+        ("POST", "/fineuploader/success"): _fine_uploader_errors(endpoints.success),
+    }
 
 
 def _fine_uploader_errors(handler: Any) -> Any:
