@@ -115,16 +115,22 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the local HTTP server (waitress) for the API and the upload page."""
-    from .adapters.wsgi import WsgiApp, serve
+    """Run the HTTP server (granian, one Broker per worker process) for the API and the upload page."""
+    from .adapters.wsgi import default_workers, serve
     from .app import build
     from .sources import log_event
 
-    env = dict(os.environ)
+    overrides: dict[str, str] = {}
     if args.rules:
-        env["BROKER_RULES"] = args.rules
+        overrides["BROKER_RULES"] = args.rules
     if args.audit_file:
-        env["BROKER_AUDIT_FILE"] = args.audit_file
+        overrides["BROKER_AUDIT_FILE"] = args.audit_file
+    if not os.environ.get("BROKER_GRANT_SECRET"):
+        # One secret for every worker of this server (and any worker restarted after a crash), so
+        # a Fine Uploader grant token issued by one verifies in all of them. Not across servers:
+        # set BROKER_GRANT_SECRET for that.
+        overrides["BROKER_GRANT_SECRET"] = secrets.token_urlsafe(32)
+    env = {**os.environ, **overrides}
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
@@ -132,17 +138,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    broker = build(settings)
+    workers = args.workers or default_workers()
+    # Build and check one Broker here, as each worker will: bad rules, an audit file that cannot
+    # be opened or bad settings stop the server now, with the reason, before any worker starts.
+    try:
+        broker = build(settings)
+    except BrokerError as exc:
+        print(f"broker serve: {exc.message}", file=sys.stderr)
+        return 2
     if broker.rules.last_error is not None or broker.rules.refresh() is None:
         err = broker.rules.last_error
         print(f"broker serve: the rules do not load, so nothing would be issued:\n"
               f"{getattr(err, 'message', err)}", file=sys.stderr)
         return 2
+    del broker
     _check_port(host, port)
-    log_event("serving", url=f"http://{host}:{port}/", rules=settings.rules,
-              audit_file=settings.audit_file, store=settings.s3_endpoint_url or "AWS S3")
+    if "BROKER_GRANT_SECRET" in overrides:
+        log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
+                                              "verify only in this server's workers; set it where several "
+                                              "servers serve the broker")
+    log_event("serving", url=f"http://{host}:{port}/", workers=workers, threads=args.threads,
+              rules=settings.rules, audit_file=settings.audit_file, store=settings.s3_endpoint_url or "AWS S3")
+    os.environ.update(overrides)  # the workers read their settings from the environment
+    sys.stdout.flush()  # nothing buffered here may be written again by forked workers
     try:
-        serve(WsgiApp(broker), host, port, threads=args.threads)
+        serve(host, port, workers=workers, threads=args.threads)
     except KeyboardInterrupt:
         pass
     return 0
@@ -159,8 +179,17 @@ def _check_port(host: str, port: int) -> None:
                              "is another broker running? choose another with --port or BROKER_PORT")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per task."""
+    from .adapters.wsgi import DEFAULT_THREADS, default_workers
+
     parser = argparse.ArgumentParser(
         prog="broker", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Issue S3 presigned POST forms to browsers, only for uploads rules.yaml allows.")
@@ -188,14 +217,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("serve", help="run the local HTTP server (API + upload page)",
-                       description="Serve the HTTP API and the upload page with waitress. Settings "
-                                   "come from the environment; flags override them.")
+    p = sub.add_parser(
+        "serve", help="run the HTTP server (API + upload page)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Serve the HTTP API and the upload page with granian (an HTTP server written in Rust)
+from worker processes, each with its own broker. The settings, rules and audit file
+are checked here first: a problem stops the server with the reason, before any worker
+starts. Settings come from the environment (see README, "Settings"); flags override
+them. Ctrl-C or SIGTERM stops it.""",
+        epilog="""\
+workers and threads:
+  A request is CPU-bound Python and one process runs Python on one CPU at a time, so
+  throughput grows with --workers up to the number of CPUs, the default (each worker
+  takes ~70 MB). Each worker loads the rules once at start and re-reads them on its own
+  (BROKER_RULES_RELOAD_SECONDS). --threads run requests within a worker: more than one
+  lets a request proceed while another waits on S3 (multipart calls, rules from S3),
+  and costs ~10% more CPU per request when all of them are busy computing.
+
+the audit log with several workers:
+  Every worker appends to BROKER_AUDIT_FILE and to standard output with one write() per
+  line, so lines do not mix; across workers their order is only roughly the order of
+  the requests.
+  Fine Uploader grant tokens are signed with BROKER_GRANT_SECRET; without it, one random
+  secret shared by this server's workers (set it when other servers must accept them).
+
+examples:
+  BROKER_AUDIT_FILE=var/audit.jsonl broker serve --port 8000
+  broker serve --rules s3://config-bucket/rules.yaml --host 0.0.0.0 --workers 4""")
     p.add_argument("--rules", help="rules file or s3:// URL (default: $BROKER_RULES)")
     p.add_argument("--host", help="address to bind (default: $BROKER_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $BROKER_PORT or 8000)")
     p.add_argument("--audit-file", help="JSON Lines audit file (default: $BROKER_AUDIT_FILE)")
-    p.add_argument("--threads", type=int, default=8, help="worker threads (default: 8)")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="worker processes, each with its own broker (default: the number of CPUs, "
+                        f"here {default_workers()})")
+    p.add_argument("--threads", type=_positive, default=DEFAULT_THREADS, metavar="N",
+                   help=f"threads per worker that run requests (default: {DEFAULT_THREADS})")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("hash-key", help="make a new API key and its rules.yaml line",

@@ -1,7 +1,10 @@
-"""WSGI <-> HttpRequest/HttpResponse, and the static upload page, for ``broker serve``."""
+"""WSGI <-> HttpRequest/HttpResponse, the static upload page, and the servers behind ``broker serve``."""
 from __future__ import annotations
 
+import json
+import logging
 import mimetypes
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,6 +31,12 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
     if length > max_body_bytes:
         raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {max_body_bytes}")
     body = environ["wsgi.input"].read(length) if length > 0 else b""
+    if not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
+        # A chunked body: waitress sets CONTENT_LENGTH once it has the whole body, granian
+        # hands over a stream that ends where the body does. Read one byte past the limit.
+        body = environ["wsgi.input"].read(max_body_bytes + 1)
+        if len(body) > max_body_bytes:
+            raise PayloadTooLarge(f"the request body is over {max_body_bytes} bytes, the limit")
     from urllib.parse import parse_qs
 
     query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, max_num_fields=200)
@@ -96,7 +105,8 @@ class WsgiApp:
         """Audit and answer a request refused before the broker saw it (its body is too large).
 
         No ``Connection: close``: it is hop-by-hop, and waitress turns it into a 500 (PEP 3333).
-        Waitress has read the whole body before calling us, so the connection stays usable.
+        waitress has read the whole body before calling us, so the connection stays usable;
+        granian closes it after this answer, since the body was not read.
         """
         from ..app import Call
         from ..models import RequestContext
@@ -110,18 +120,144 @@ class WsgiApp:
         return response
 
 
-def serve(app: WsgiApp, host: str, port: int, *, threads: int = 8) -> None:
-    """Run the app under waitress (a production WSGI server) until interrupted."""
+SERVER_TARGET = "broker.adapters.wsgi:app_from_env"  # what each worker process imports and calls
+DEFAULT_THREADS = 4
+WORKERS_KILL_SECONDS = 10
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use: requests are CPU-bound Python, one process uses one CPU."""
     try:
-        import waitress
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LineStream:
+    """A text stream on a file descriptor that writes each ``write()`` with one ``os.write``.
+
+    Every worker process of ``broker serve`` writes audit lines to the same standard output;
+    Python's buffered ``sys.stdout`` may split a long line across two ``write()`` calls, and
+    another worker's line could then land in between. One ``write()`` per line cannot be split
+    (on a pipe, up to PIPE_BUF = 4 KiB; on a file or a terminal, at any length).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        view = memoryview(data)
+        while view:  # a short write (a signal, a full pipe) continues where it stopped
+            view = view[os.write(self._fd, view):]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+def app_from_env() -> WsgiApp:
+    """The app of one ``broker serve`` worker process: settings from the environment, its own Broker.
+
+    ``broker serve`` has already built a Broker from the same settings and checked it, so this
+    normally cannot fail; if it does (the rules file broke in between), the worker says why on
+    stderr and exits, and the server stops (exit status 1).
+    """
+    import signal
+
+    from ..app import build
+    from ..config import Settings
+    from ..errors import BrokerError
+
+    # A forked worker starts with the handlers of granian's main process, which only flag that
+    # process: Ctrl-C or SIGTERM while this worker builds its broker would be lost, and the server
+    # would wait for a worker that never stops. Until granian sets the worker's own, they end it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _stop_with_the_server(signal.SIGTERM)
+    _drop_http_variables(os.environ)
+    try:
+        broker = build(Settings.from_env(os.environ), audit_stream=LineStream(1))
+        if broker.rules.last_error is not None or broker.rules.refresh() is None:
+            err = broker.rules.last_error
+            raise SystemExit(f"broker serve: worker {os.getpid()}: the rules do not load, so nothing would "
+                             f"be issued:\n{getattr(err, 'message', err)}")
+    except BrokerError as exc:
+        raise SystemExit(f"broker serve: worker {os.getpid()}: {exc.message}") from None
+    return WsgiApp(broker)
+
+
+def _stop_with_the_server(signum: int) -> None:
+    """Linux: send this worker ``signum`` when the process that started it dies, even by SIGKILL.
+
+    Otherwise a worker outlives its server and goes on answering on the port, unsupervised.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
+def _drop_http_variables(env: Any) -> None:
+    """Remove ``HTTP_*`` variables from this worker's environment (``*_PROXY`` ones kept in lower case).
+
+    granian starts every WSGI environ from a copy of ``os.environ``, so a variable such as
+    ``HTTP_X_API_KEY`` would reach the app as a request header the client never sent. Proxy
+    settings keep working: urllib and botocore read ``http_proxy`` as well, and prefer it.
+    """
+    for name in [n for n in env if n.startswith("HTTP_")]:
+        value = env.pop(name)
+        if name.endswith("_PROXY"):
+            env.setdefault(name.lower(), value)
+
+
+class ServerLogFormatter(logging.Formatter):
+    """granian's own log lines as JSON on stderr, shaped like the broker's (``sources.log_event``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"level": record.levelname.lower(), "event": "server", "message": record.getMessage()})
+
+
+# granian logs to stdout by default, where the audit lines go: its lines go to stderr instead.
+SERVER_LOGGING = {
+    "formatters": {"json": {"()": f"{__name__}.ServerLogFormatter"}},
+    "handlers": {"stderr": {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {"_granian": {"handlers": ["stderr"], "propagate": False}},
+}
+
+
+def serve(host: str, port: int, *, workers: int, threads: int = DEFAULT_THREADS,
+          factory: str = SERVER_TARGET) -> None:
+    """Serve the app ``factory`` (``module:function``) builds in each of ``workers`` processes.
+
+    granian parses HTTP in Rust and calls the app from ``threads`` Python threads per process,
+    so its own cost per request is small (~0.1 ms of CPU for a hello-world app, waitress's is
+    ~0.3-0.6 ms: ``bench/bench.py --only server``), and one process per CPU gets past the GIL.
+    Returns on SIGINT or SIGTERM, once the workers have stopped.
+    """
+    try:
+        from granian import Granian
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
     except ImportError:
-        raise SystemExit("broker serve needs waitress: pip install 's3-upload-broker[serve]'") from None
-    waitress.serve(app, host=host, port=port, threads=threads, ident="broker",
-                   clear_untrusted_proxy_headers=True)
+        raise SystemExit("broker serve needs granian: pip install 's3-upload-broker[serve]'") from None
+    # respawn: a worker that dies (killed, out of memory) is replaced; one that dies again within
+    # seconds of its start stops the server, with exit status 1. On SIGINT or SIGTERM, workers
+    # finish the requests they have; one still running after WORKERS_KILL_SECONDS is killed.
+    Granian(factory, factory=True, interface=Interfaces.WSGI, address=host, port=port,
+            workers=workers, blocking_threads=threads, websockets=False, respawn_failed_workers=True,
+            workers_kill_timeout=WORKERS_KILL_SECONDS, log_level=LogLevels.warning,
+            log_dictconfig=SERVER_LOGGING).serve()
 
 
 class ServerThread:
-    """A waitress server in a background thread (tests, ``make run``); ``close()`` stops it."""
+    """A waitress server in a thread of this process (tests, ``make run``); ``close()`` stops it.
+
+    waitress, not granian: granian serves from worker processes it starts itself, and the tests
+    and ``make run`` need the Broker they built, in their own process.
+    """
 
     def __init__(self, app: WsgiApp, host: str = "127.0.0.1", port: int = 0, *, threads: int = 8) -> None:
         import threading
