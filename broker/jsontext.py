@@ -41,6 +41,6 @@ def ascii_line(value: Any) -> str:
         raw = orjson.dumps(value, default=str, option=_OPTIONS)
     except TypeError:
         return _ASCII.encode(value)
-    if raw.isascii():
+    if raw.isascii() and b"\x7f" not in raw:
         return raw.decode("ascii")
-    return _ASCII.encode(value)  # \u-escapes for everything beyond ASCII
+    return _ASCII.encode(value)  # \u-escapes for DEL and everything beyond ASCII, as json writes them
