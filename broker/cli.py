@@ -231,9 +231,11 @@ workers and threads:
   A request is CPU-bound Python and one process runs Python on one CPU at a time, so
   throughput grows with --workers up to the number of CPUs, the default (each worker
   takes ~70 MB). Each worker loads the rules once at start and re-reads them on its own
-  (BROKER_RULES_RELOAD_SECONDS). --threads run requests within a worker: more than one
-  lets a request proceed while another waits on S3 (multipart calls, rules from S3),
-  and costs ~10% more CPU per request when all of them are busy computing.
+  (BROKER_RULES_RELOAD_SECONDS). --threads run requests within a worker; threads of one
+  process take turns on the GIL (4 threads cost 10-50% more CPU per request than 1, the
+  default), so add some only to keep a worker answering while a request waits on S3:
+  Fine Uploader's and Uppy's multipart and success endpoints call S3, and so does
+  re-reading rules from s3://; POST /uploads and the signatures never do.
 
 the audit log with several workers:
   Every worker appends to BROKER_AUDIT_FILE and to standard output with one write() per

@@ -1,13 +1,14 @@
 """WSGI <-> HttpRequest/HttpResponse, the static upload page, and the servers behind ``broker serve``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mimetypes
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
 
 from ..errors import NotFound, PayloadTooLarge
 from ..web import HttpRequest, HttpResponse
@@ -20,8 +21,14 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 4
 
 
 def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
-    """Build an HttpRequest from a WSGI environ, reading at most ``max_body_bytes`` + 1 bytes."""
-    headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    """Build an HttpRequest from a WSGI environ, reading at most ``max_body_bytes`` + 1 bytes.
+
+    The request id is left to the broker (``Broker.handle`` draws one): a static file needs none.
+    """
+    headers = {}
+    for key, value in environ.items():  # granian's environ also holds the whole os.environ
+        if key[:5] == "HTTP_":
+            headers[key[5:].replace("_", "-").lower()] = value
     if environ.get("CONTENT_TYPE"):
         headers["content-type"] = environ["CONTENT_TYPE"]
     try:
@@ -37,19 +44,17 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
         body = environ["wsgi.input"].read(max_body_bytes + 1)
         if len(body) > max_body_bytes:
             raise PayloadTooLarge(f"the request body is over {max_body_bytes} bytes, the limit")
-    from urllib.parse import parse_qs
-
-    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, max_num_fields=200)
-    raw_path = environ.get("PATH_INFO", "/")
-    try:  # PEP 3333 hands PATH_INFO over as latin-1; undo that to get the UTF-8 path
-        path = raw_path.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        path = raw_path
+    query_string = environ.get("QUERY_STRING")
+    query = parse_qs(query_string, keep_blank_values=True, max_num_fields=200) if query_string else {}
+    path = environ.get("PATH_INFO") or "/"
+    if not path.isascii():
+        try:  # PEP 3333 hands PATH_INFO over as latin-1; undo that to get the UTF-8 path
+            path = path.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
     return HttpRequest(
-        method=environ.get("REQUEST_METHOD", "GET").upper(), path=path or "/", headers=headers,
-        query=query, body=body, source_ip=environ.get("REMOTE_ADDR"),
-        request_id=uuid.uuid4().hex,
-    )
+        method=environ.get("REQUEST_METHOD", "GET").upper(), path=path, headers=headers,
+        query=query, body=body, source_ip=environ.get("REMOTE_ADDR"))
 
 
 def static_file(path: str, root: Path = WEB_ROOT) -> HttpResponse | None:
@@ -108,10 +113,11 @@ class WsgiApp:
         waitress has read the whole body before calling us, so the connection stays usable;
         granian closes it after this answer, since the body was not read.
         """
-        from ..app import Call
+        from ..app import Call, new_random_id
         from ..models import RequestContext
 
         request = to_request({**environ, "CONTENT_LENGTH": "0"}, 0)  # the headers, not the body
+        request = dataclasses.replace(request, request_id=new_random_id())
         call = Call(self.broker, request, self.broker.clock(), RequestContext(
             request_id=request.request_id, source_ip=request.source_ip,
             user_agent=request.header("user-agent"), transport="wsgi"))
@@ -121,7 +127,7 @@ class WsgiApp:
 
 
 SERVER_TARGET = "broker.adapters.wsgi:app_from_env"  # what each worker process imports and calls
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = 1  # see ``broker serve --help``: threads in one process take turns on the GIL
 WORKERS_KILL_SECONDS = 10
 
 
