@@ -14,8 +14,9 @@ which waiting for a shared CPU does not inflate; throughput is wall clock.
                    (the function's code staged as ``make package`` ships it, with bytecode)
 3. scale           one request with 10,000 clients / with 10 clients.      target <= 1.1
                    rules load + validation, 1,000 clients (and / 10 clients). target <= 0.5 s
-4. local server    requests per second through ``broker serve`` (waitress, keep-alive,
-                   loopback) / the same requests through ``Broker.handle`` in process.
+4. local server    requests per second through ``broker serve`` (granian, one worker per
+                   CPU, keep-alive, loopback) / the same requests through ``Broker.handle``
+                   in process.
                                                                            target >= 0.7
 
 No network beyond 127.0.0.1: fake static credentials, signing is local. Bounded in count
@@ -407,7 +408,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A server in a child process on a loopback port (``broker serve``); ``close()`` stops it."""
+    """A server in a child process on a loopback port (``broker serve``); ``close()`` stops it and its workers."""
 
     def __init__(self, tmp: Path, command: list[str], env: dict[str, str], *, port_flag: bool = True) -> None:
         self.port = free_port()
@@ -418,7 +419,7 @@ class Server:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"bench: broker serve exited:\n{(tmp / 'serve.log').read_text()[-2000:]}")
+                raise SystemExit(f"bench: the server exited:\n{(tmp / 'serve.log').read_text()[-2000:]}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 conn.request("GET", "/health")
@@ -428,57 +429,115 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         self.close()
-        raise SystemExit("bench: broker serve did not answer /health within 20 s")
+        raise SystemExit("bench: the server did not answer /health within 20 s")
 
     def close(self) -> None:
-        self.proc.terminate()
+        family = process_tree(self.proc.pid)
+        self.proc.terminate()  # granian stops its workers on SIGTERM
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        for pid in family[1:]:  # a worker left behind (it should not be)
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
         self.log.close()
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far (Linux /proc), or None."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc), parents first; ``[pid]`` elsewhere."""
+    children: dict[int, list[int]] = {}
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        names = os.listdir("/proc")
     except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return [pid]
+    for name in names:
+        if name.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    tree, i = [pid], 0
+    while i < len(tree):
+        tree += children.get(tree[i], [])
+        i += 1
+    return tree
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process and its live children have used so far (Linux /proc), or None."""
+    total = None
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def load(port: int, *, threads: int, max_requests: int, seconds: float, served: list[int] | None = None) -> float:
-    """Requests per second from ``threads`` keep-alive connections; stops at a count or a deadline."""
+    """Requests per second from ``threads`` keep-alive connections; stops at a count or a deadline.
+
+    Each connection sends one prepared request at a time over a raw socket and reads the answer
+    by its Content-Length: ~30 µs of this process's CPU per request, where http.client takes
+    ~250 µs. Client and server share the machine's CPUs here, so a heavy client would measure
+    itself; the diagnosis row "load generator CPU per request" shows what it took.
+    """
     body = json.dumps(BODY).encode()
-    headers = {"content-type": "application/json", "x-api-key": API_KEY}
+    request = (b"POST /uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench/1.0\r\n"
+               b"Content-Type: application/json\r\nX-Api-Key: " + API_KEY.encode() + b"\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     done: list[int] = []
     failures: list[str] = []
     lock = threading.Lock()
     issued = [0]
     deadline = time.perf_counter() + seconds
 
+    def answer(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes, bytes]:
+        """The head and body of one response, and what was read beyond it."""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lower = head.lower()
+        at = lower.find(b"\r\ncontent-length:")
+        if at < 0 or b"\r\nconnection: close" in lower:
+            raise ConnectionError(f"unexpected response head {head[:200]!r}")
+        length = int(lower[at + 17:].split(b"\r\n", 1)[0])
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection mid-body")
+            rest += chunk
+        return head, rest[:length], rest[length:]
+
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         count = 0
         try:
-            while time.perf_counter() < deadline:
-                with lock:
-                    if issued[0] >= max_requests:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                buf = b""
+                while time.perf_counter() < deadline:
+                    with lock:
+                        if issued[0] >= max_requests:
+                            break
+                        issued[0] += 1
+                    sock.sendall(request)
+                    head, _, buf = answer(sock, buf)
+                    if head[9:12] != b"200":
+                        failures.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
                         break
-                    issued[0] += 1
-                conn.request("POST", "/uploads", body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    failures.append(f"HTTP {resp.status}")
-                    break
-                count += 1
-        except OSError as exc:
-            failures.append(str(exc))
+                    count += 1
+        except (OSError, ValueError) as exc:
+            failures.append(repr(exc))
         finally:
-            conn.close()
             done.append(count)
 
     start = time.perf_counter()
@@ -495,34 +554,45 @@ def load(port: int, *, threads: int, max_requests: int, seconds: float, served: 
     return sum(done) / elapsed
 
 
-HELLO_SERVER = """
-import sys, waitress
-def app(environ, start_response):
-    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    body = b'{"ok":true}'
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
-waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, ident="hello")
+# The same server as broker serve (broker.adapters.wsgi.serve: granian, the same workers and
+# threads) with an app that only reads the body and answers: the server's own ceiling and cost.
+HELLO_APP = """
+def app():
+    def hello(environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        body = b'{"ok":true}'
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    return hello
 """
+HELLO_SERVER = """
+import sys
+from broker.adapters.wsgi import serve
+serve("127.0.0.1", int(sys.argv[3]), workers=int(sys.argv[1]), threads=int(sys.argv[2]), factory="bench_hello:app")
+"""
+CLIENTS = 4  # keep-alive connections of the load generator
 
 
 def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     """Keep-alive requests/s through broker serve against Broker.handle in this process."""
     from broker import app, config
+    from broker.adapters.wsgi import DEFAULT_THREADS, default_workers
     from broker.web import HttpRequest
 
     env = {**os.environ, "BROKER_RULES_RELOAD_SECONDS": "3600"}
     broker = app.build(config.Settings.from_env(env), audit_stream=audit)  # as broker serve builds it
     headers = {"content-type": "application/json", "x-api-key": API_KEY}
     raw = json.dumps(BODY).encode()
+    in_proc_cpu: list[float] = []
 
     def in_process_rps(seconds: float = 0.8) -> float:
-        n, start = 0, time.perf_counter()
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds and n < 20_000:
             resp = broker.handle(HttpRequest("POST", "/uploads", headers, {}, raw, "127.0.0.1", ""),
                                  transport="wsgi")
             assert resp.status == 200
             n += 1
+        in_proc_cpu.append((time.process_time() - cpu) / n)
         return n / (time.perf_counter() - start)
 
     def cpu_per_request(srv: Server, run: Callable[[list[int]], Any]) -> float | None:
@@ -532,35 +602,58 @@ def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
         after = cpu_seconds(srv.proc.pid)
         return None if before is None or after is None or not sum(served) else (after - before) / sum(served)
 
-    srv = Server(tmp, [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1"], env)
+    client_cpu: list[float] = []
+
+    def measured_load(port: int, served: list[int]) -> float:
+        before, cpu = sum(served), time.process_time()
+        rps = load(port, threads=CLIENTS, max_requests=5000, seconds=1.5, served=served)
+        client_cpu.append((time.process_time() - cpu) / max(1, sum(served) - before))
+        return rps
+
+    def through(workers: int) -> tuple[float, float, float, float | None]:
+        """over HTTP, in process, their ratio (medians of interleaved rounds), server CPU per request."""
+        srv = Server(tmp, [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1",
+                           "--workers", str(workers)], env)
+        try:
+            load(srv.port, threads=CLIENTS, max_requests=400, seconds=2)  # connect, warm up every worker
+            results: list[tuple[float, float, float]] = []
+            serve_cpu = cpu_per_request(srv, lambda served: results.append(interleaved(
+                lambda: measured_load(srv.port, served), in_process_rps, rounds)))
+        finally:
+            srv.close()
+        return (*results[0], serve_cpu)
+
+    workers, threads = default_workers(), DEFAULT_THREADS
+    over_http, in_proc, ratio, serve_cpu = through(workers)
+    one_http, one_in_proc, one_ratio, _ = through(1) if workers > 1 else (over_http, in_proc, ratio, None)
+    (tmp / "bench_hello.py").write_text(HELLO_APP)
+    hello = Server(tmp, [sys.executable, "-c", HELLO_SERVER, str(workers), str(threads)],
+                   {**env, "PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT)])}, port_flag=False)
     try:
-        load(srv.port, threads=4, max_requests=200, seconds=2)  # connect, warm up
-        results: list[tuple[float, float, float]] = []
-        serve_cpu = cpu_per_request(srv, lambda served: results.append(interleaved(
-            lambda: load(srv.port, threads=4, max_requests=5000, seconds=1.5, served=served),
-            in_process_rps, rounds)))
-        over_http, in_proc, ratio = results[0]
-    finally:
-        srv.close()
-    hello = Server(tmp, [sys.executable, "-c", HELLO_SERVER], env, port_flag=False)
-    try:
-        load(hello.port, threads=4, max_requests=200, seconds=2)
+        load(hello.port, threads=CLIENTS, max_requests=400, seconds=2)
         ceilings: list[float] = []
         hello_cpu = cpu_per_request(hello, lambda served: ceilings.extend(
-            load(hello.port, threads=4, max_requests=5000, seconds=1.5, served=served) for _ in range(rounds)))
+            load(hello.port, threads=CLIENTS, max_requests=5000, seconds=1.5, served=served)
+            for _ in range(rounds)))
         ceiling = statistics.median(ceilings)
     finally:
         hello.close()
-    in_proc_cpu = 1 / in_proc
-    rows = [Row("4. local server: broker serve req/s (4 keep-alive clients) / in process",
+    handle_cpu = statistics.median(in_proc_cpu)
+    flags = f"--workers {workers}"
+    rows = [Row(f"4. local server: broker serve {flags} req/s ({CLIENTS} keep-alive clients) / in process",
                 f"{over_http:,.0f}/s", f"{in_proc:,.0f}/s", ratio, ">= 0.7", ratio >= 0.7),
-            Row("   (diagnosis) waitress alone, hello-world app, same clients / broker in process",
+            Row("   (diagnosis) the same with broker serve --workers 1 / in process",
+                f"{one_http:,.0f}/s", f"{one_in_proc:,.0f}/s", one_ratio, "", None),
+            Row(f"   (diagnosis) granian alone {flags}, hello-world app, same clients / broker in process",
                 f"{ceiling:,.0f}/s", f"{in_proc:,.0f}/s", ceiling / in_proc, "", None)]
     if serve_cpu and hello_cpu:
-        rows.append(Row("   (diagnosis) server CPU per request: broker serve / waitress hello-world",
+        rows.append(Row("   (diagnosis) server CPU per request, all processes: broker serve / hello-world",
                         us(serve_cpu), us(hello_cpu), serve_cpu / hello_cpu, "", None))
-        rows.append(Row("   (diagnosis) broker serve CPU per request / Broker.handle in process",
-                        us(serve_cpu), us(in_proc_cpu), serve_cpu / in_proc_cpu, "", None))
+        rows.append(Row("   (diagnosis) broker serve CPU per request / Broker.handle in process (CPU)",
+                        us(serve_cpu), us(handle_cpu), serve_cpu / handle_cpu, "", None))
+    load_cpu = statistics.median(client_cpu)
+    rows.append(Row("   (diagnosis) load generator CPU per request (same CPUs) / Broker.handle in process",
+                    us(load_cpu), us(handle_cpu), load_cpu / handle_cpu, "", None))
     return rows
 
 
@@ -570,7 +663,7 @@ def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
 def machine() -> str:
     """CPU count, Python and library versions: the context every number needs."""
     versions = []
-    for dist in ("boto3", "botocore", "jsonschema", "PyYAML", "waitress"):
+    for dist in ("boto3", "botocore", "jsonschema", "PyYAML", "granian"):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
