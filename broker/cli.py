@@ -151,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"broker serve: the rules do not load, so nothing would be issued:\n"
               f"{getattr(err, 'message', err)}", file=sys.stderr)
         return 2
+    broker.audit_log.close()  # the workers open their own
     del broker
     _check_port(host, port)
     if "BROKER_GRANT_SECRET" in overrides:
