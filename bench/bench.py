@@ -679,7 +679,7 @@ def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
 def machine() -> str:
     """CPU count, Python and library versions: the context every number needs."""
     versions = []
-    for dist in ("boto3", "botocore", "jsonschema", "PyYAML", "granian"):
+    for dist in ("boto3", "botocore", "jsonschema", "PyYAML", "orjson", "granian"):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
