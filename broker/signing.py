@@ -142,8 +142,10 @@ class Signer:
         try:
             return _sign_post(self._client._request_signer, prepared.auth, prepared.request,
                               form_fields, form_conditions, expires_in, policy_out)
-        except AttributeError as exc:  # add_auth wants more of the request than it used to
-            self._fast = False
+        except AttributeError as exc:
+            if not isinstance(getattr(exc, "obj", None), _Form):
+                raise  # not about the carrier (e.g. no credentials): as generate_presigned_post would
+            self._fast = False  # add_auth wants more of the request than it used to
             from .sources import log_event
 
             log_event("signing_fast_path_unavailable", error=f"AttributeError: {exc}")

@@ -213,6 +213,23 @@ def test_an_add_auth_that_reads_more_of_the_request_falls_back(monkeypatch: pyte
     assert capsys.readouterr().err.count("signing_fast_path_unavailable") == 1
 
 
+def test_other_attribute_errors_are_not_mistaken_for_a_botocore_change(monkeypatch: pytest.MonkeyPatch,
+                                                                        frozen: datetime) -> None:
+    """Only an AttributeError about the carrier switches to the public call; others propagate."""
+    import botocore.auth
+
+    credentials(monkeypatch, None)
+
+    def add_auth(self: Any, request: Any) -> None:
+        None.access_key  # type: ignore[attr-defined]  # what missing credentials look like
+
+    monkeypatch.setattr(botocore.auth.S3SigV4PostAuth, "add_auth", add_auth)
+    signer = Signer(make_s3_client(Settings(region="eu-west-1"), "eu-west-1"))
+    with pytest.raises(AttributeError):
+        signer.sign(grant("broker-uploads"), now=frozen.replace(tzinfo=timezone.utc))
+    assert signer._fast, "the fast path stays on"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     pytest.param("2026-11-28T14:54:31Z", datetime(2026, 11, 28, 14, 54, 31, tzinfo=timezone.utc), id="botocore"),
     pytest.param("2026-12-31T23:59:59Z", datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc), id="year_end"),
