@@ -408,12 +408,12 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
         problems.append(Problem(f"{path}.{field}" if field else path, message, name))
 
     sizes = {}
-    for field in ("min_bytes", "max_bytes"):
+    for size_name in ("min_bytes", "max_bytes"):
         try:
-            sizes[field] = _parse_size(r[field]) if field in r else None
+            sizes[size_name] = _parse_size(r[size_name]) if size_name in r else None
         except ValueError as exc:
-            problem(field, str(exc))
-            sizes[field] = 0
+            problem(size_name, str(exc))
+            sizes[size_name] = 0
     min_bytes, max_bytes = sizes["min_bytes"] or 0, sizes["max_bytes"]
     if max_bytes is None:
         problem("", "max_bytes is required (in the rule or in defaults): every upload needs a size limit")
@@ -434,8 +434,8 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
     if expires_in > max_expires:
         problem("expires_in", f"expires_in ({expires_in}s) is above max_expires_in ({max_expires}s)")
     extensions = tuple(r.get("extensions", ()))
-    for field, message in _extension_problems(extensions, content_types):
-        problem(field, message)
+    for where, message in _extension_problems(extensions, content_types):
+        problem(where, message)
     enc = r.get("encryption")
     encryption = None if enc is None else (
         Encryption("AES256") if enc == "AES256" else Encryption("aws:kms", enc["kms_key_id"]))

@@ -9,10 +9,9 @@ from .. import audit, rules
 from ..errors import AuditUnavailable
 from ..models import Check, Client, Decision, Grant, Rule, RuleSet, UploadRequest
 from ..policy import Violation
-from ..sources import log_event
 
 if TYPE_CHECKING:
-    from ..app import Broker, Call
+    from ..app import Call
 
 
 def decide(call: "Call", client: Client, ruleset: RuleSet, request: UploadRequest) -> Decision:
