@@ -23,7 +23,7 @@ system-deps:  ## install Chromium from Debian (browser tests)
 	bash scripts/install-system-deps.sh
 
 run: venv  ## start SeaweedFS + the broker + the upload page on http://127.0.0.1:8000
-	$(BIN)/python -m broker.devrun
+	$(BIN)/python -m broker.dev.run
 
 test: venv system-deps  ## run every test (unit, real store, real browser)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

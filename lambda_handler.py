@@ -20,19 +20,22 @@ from typing import Any
 _GC_WAS_ENABLED = gc.isenabled()
 gc.disable()
 try:
-    # botocore is imported here, near the top of the stack, rather than deep inside
+    # botocore is imported first, near the top of the stack, rather than deep inside
     # build(): imported there, one of its modules' start-up loops calls a function at
     # exactly the depth where CPython <= 3.12 allocates and frees a frame-stack chunk on
     # every call (CPython gh-142183): ~6,000 mmap/munmap, ~0.1 s of each cold start.
-    import botocore.session  # noqa: F401
-    from broker import app as _app
+    from broker.s3.client import preload
+
+    preload()
+    from broker import service
     from broker.adapters import apigw
+    from broker.app import Broker
     from broker.config import Settings
     from broker.errors import ConfigError, ServiceUnavailable
-    from broker.sources import log_event
+    from broker.logs import log_event
 
     try:
-        BROKER: _app.Broker | None = _app.build(Settings.from_env())
+        BROKER: Broker | None = service.build(Settings.from_env())
         _START_ERROR: str | None = None
         if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # on Lambda: counts as CloudWatch EMF lines
             from broker.metrics import EmfLines

@@ -156,7 +156,7 @@ def warm(lh: Any, rounds: int) -> list[Row]:
     import boto3
     from botocore.config import Config
 
-    from broker import rules
+    from broker.core import rules
     from broker.models import UploadRequest
 
     ev = event()
@@ -181,16 +181,16 @@ def warm(lh: Any, rounds: int) -> list[Row]:
     if sorted(naive_fields) != sorted(broker_fields):
         raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
     n = 400
-    for fn in (lambda: lh.handler(ev), naive, lambda: broker.signer.sign(grant, now=now)):
+    for fn in (lambda: lh.handler(ev), naive, lambda: broker.store.sign_post(grant, now=now)):
         per_call(fn, 50)  # warm caches
     t_req, t_naive, ratio = interleaved(lambda: per_call(lambda: lh.handler(ev), n),
                                         lambda: per_call(naive, n), rounds)
-    t_sign, t_naive2, ratio_sign = interleaved(lambda: per_call(lambda: broker.signer.sign(grant, now=now), n),
+    t_sign, t_naive2, ratio_sign = interleaved(lambda: per_call(lambda: broker.store.sign_post(grant, now=now), n),
                                                lambda: per_call(naive, n), rounds)
     return [
         Row("1. warm request: lambda_handler.handler / bare generate_presigned_post",
             us(t_req), us(t_naive), ratio, "<= 1.0", ratio <= 1.0),
-        Row("   (diagnosis) signing alone: Signer.sign / generate_presigned_post",
+        Row("   (diagnosis) signing alone: S3Store.sign_post / generate_presigned_post",
             us(t_sign), us(t_naive2), ratio_sign, "", None),
     ]
 
@@ -342,7 +342,7 @@ def scale(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     """Per-request cost at 10 vs 10,000 clients; rules load time for 1,000 vs 10 clients."""
     import yaml
 
-    from broker import app, config
+    from broker import config, service
     from broker.adapters import apigw
 
     paths = {}
@@ -361,7 +361,7 @@ def scale(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     t_reload = statistics.median(timed(lambda: config.load_rules_file(paths[1000]))
                                  for _ in range(load_rounds))
     text = paths[1000].read_bytes()
-    loader = config._Loader  # the broker's YAML reader (broker.yamlload)
+    from broker.fast.yamlload import Loader as loader  # the broker's YAML reader
     t_yaml, t_pyyaml, parse_ratio = interleaved(
         lambda: timed(lambda: yaml.load(text, Loader=loader), gc_off=True),
         lambda: timed(lambda: yaml.load(text, Loader=yaml.CSafeLoader), gc_off=True), load_rounds)
@@ -373,7 +373,7 @@ def scale(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     brokers = {}
     for n in (10, 10_000):
         settings = config.Settings(rules=str(paths[n]), rules_reload_seconds=3600.0)
-        brokers[n] = app.build(settings, audit_stream=audit)
+        brokers[n] = service.build(settings, audit_stream=audit)
     events = {n: event(api_key=bench_key(n - 1)) for n in brokers}  # the last client of each file
     for n, broker in brokers.items():
         status = apigw.handle(broker, events[n])["statusCode"]
@@ -391,9 +391,9 @@ def scale(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
             "<= 1.1", ratio <= 1.1),
         Row(f"   rules load + validation at start-up, 1,000 clients ({size // 1024:,} KiB) / 10 clients",
             f"{t_1000:.3f} s", ms(t_10), load_ratio, "<= 0.5 s", t_1000 <= 0.5),
-        Row("   (diagnosis) of which parsing (broker.yamlload) / the whole load",
+        Row("   (diagnosis) of which parsing (broker.fast.yamlload) / the whole load",
             f"{t_yaml:.3f} s", f"{t_1000:.3f} s", t_yaml / t_1000, "", None),
-        Row("   (diagnosis) parsing: broker.yamlload / PyYAML's C loader (yaml.CSafeLoader)",
+        Row("   (diagnosis) parsing: broker.fast.yamlload / PyYAML's C loader (yaml.CSafeLoader)",
             f"{t_yaml:.3f} s", f"{t_pyyaml:.3f} s", parse_ratio, "", None),
         Row("   the same 1,000 clients as JSON rules: load / YAML load", f"{t_json:.3f} s",
             f"{t_1000_again:.3f} s", json_ratio, "", None),
@@ -591,12 +591,12 @@ CLIENTS = 4  # keep-alive connections of the load generator
 
 def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     """Keep-alive requests/s through broker serve against Broker.handle in this process."""
-    from broker import app, config
+    from broker import config, service
     from broker.adapters.wsgi import DEFAULT_THREADS, default_workers
     from broker.web import HttpRequest
 
     env = {**os.environ, "BROKER_RULES_RELOAD_SECONDS": "3600"}
-    broker = app.build(config.Settings.from_env(env), audit_stream=audit)  # as broker serve builds it
+    broker = service.build(config.Settings.from_env(env), audit_stream=audit)  # as broker serve builds it
     headers = {"content-type": "application/json", "x-api-key": API_KEY}
     raw = json.dumps(BODY).encode()
     in_proc_cpu: list[float] = []

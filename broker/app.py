@@ -1,25 +1,28 @@
 """The broker application: routes, identification, decide -> sign -> audit, CORS, errors.
 
 ``Broker.handle(HttpRequest) -> HttpResponse`` is the one entry point both adapters
-(API Gateway/Lambda and WSGI) call. Wire protocols live in ``broker.protocols`` and
-register their routes here; they all go through :meth:`Broker.issue`.
+(API Gateway/Lambda and WSGI) call. Wire protocols (``broker.protocols``) add their routes
+to ``Broker.router`` when :mod:`broker.service` assembles a broker; they all go through
+:meth:`Broker.issue`. This module imports no protocol: they depend on it, not it on them.
 """
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import audit, config, rules
-from .audit import AuditLog
-from .errors import AuditUnavailable, BrokerError, Unauthenticated
-from .models import Client, Credentials, Decision, RequestContext, RuleSet, SignedPost, UploadRequest
-from .signing import Signer
-from .sources import RulesProvider, log_event
-from .web import HttpRequest, HttpResponse, Router
+from broker import audit
+from broker.audit import AuditLog
+from broker.config.sources import RulesProvider
+from broker.core import rules
+from broker.errors import AuditUnavailable, BrokerError, Unauthenticated
+from broker.fast.ids import new_random_id
+from broker.logs import log_event
+from broker.models import Client, Credentials, Decision, RequestContext, RuleSet, SignedPost, UploadRequest
+from broker.s3.store import S3Store
+from broker.web import HttpRequest, HttpResponse, Router
 
 CORS_ALLOW_HEADERS = ("content-type, x-api-key, authorization, x-amz-date, x-requested-with, "
                       "cache-control, x-upload-grant")  # the last two: Fine Uploader
@@ -28,17 +31,6 @@ CORS_ALLOW_HEADERS = ("content-type, x-api-key, authorization, x-amz-date, x-req
 def utcnow() -> datetime:
     """The current UTC time (the default clock)."""
     return datetime.now(timezone.utc)
-
-
-def new_random_id() -> str:
-    """A random UUID version 4 as 32 hex digits (122 random bits): the ``{uuid}`` in every key.
-
-    Exactly ``uuid.uuid4().hex`` from the same ``os.urandom``, at a third of the cost.
-    """
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
 
 
 def _random_grant_secret() -> bytes:
@@ -66,7 +58,7 @@ class Call:
         """The calling client, from its API key or authorizer principals (401 if unknown)."""
         api_key = self.request.header("x-api-key")
         creds = Credentials(
-            api_key_sha256=config.api_key_hash(api_key) if api_key else None,
+            api_key_sha256=rules.api_key_hash(api_key) if api_key else None,
             principals=self.request.principals,
         )
         client = rules.identify(ruleset, creds)
@@ -84,28 +76,23 @@ class Broker:
     def __init__(
         self,
         rules_provider: RulesProvider,
-        signer: Signer,
+        store: S3Store,
         audit_log: AuditLog,
         *,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_random_id,
         max_body_bytes: int = 64 * 1024,
-        store: Any = None,
         grant_secret: bytes | None = None,
     ) -> None:
         self.rules = rules_provider
-        self.signer = signer
+        self.store = store  # every S3 call: signing forms and part URLs, multipart, head, delete
         self.audit_log = audit_log
         self.clock = clock
         self.new_id = new_id
         self.max_body_bytes = max_body_bytes
-        self.store = store  # the S3 client, for protocols that must talk to the store
-        # MACs Fine Uploader grant tokens (broker.grants); without one, a random one per process
+        # MACs Fine Uploader grant tokens (broker.core.grants); without one, a random one per process
         self.grant_secret = grant_secret or _random_grant_secret()
-        self.router = Router()
-        from .protocols import register_all
-
-        register_all(self)
+        self.router = Router()  # empty: broker.service adds every protocol's routes
 
     # ------------------------------------------------------------------ decide, sign, audit
 
@@ -115,7 +102,7 @@ class Broker:
         decision = rules.evaluate(ruleset, client, request, now=call.now, random_id=self.new_id())
         signed = None
         if decision.allowed and decision.grant is not None:
-            signed = self.signer.sign(decision.grant, now=call.now)
+            signed = self.store.sign_post(decision.grant, now=call.now)
         self.emit(audit.record(now=call.now, context=call.context, decision=decision,
                                request=request, signed=signed))
         return decision, signed
@@ -215,27 +202,3 @@ class Broker:
             })
         return response
 
-
-def build(settings: config.Settings, *, s3_client: Any = None, audit_stream: Any = sys.stdout,
-          clock: Callable[[], datetime] = utcnow) -> Broker:
-    """Assemble a Broker from settings: rules provider, one S3 client, signer and audit log."""
-    from .signing import credentials_expiry, make_s3_client
-    from .sources import open_source
-
-    holder: dict[str, Any] = {}
-
-    def client_factory() -> Any:
-        if "client" not in holder:
-            holder["client"] = s3_client or make_s3_client(settings, "us-east-1")
-        return holder["client"]
-
-    provider = RulesProvider(open_source(settings.rules, s3_client_factory=client_factory),
-                             reload_seconds=settings.rules_reload_seconds)
-    ruleset = provider.refresh()
-    if s3_client is None:
-        s3_client = holder.get("client") or make_s3_client(
-            settings, ruleset.region if ruleset else "us-east-1")
-    signer = Signer(s3_client, credentials_expiry=credentials_expiry(s3_client))
-    return Broker(provider, signer, AuditLog(stream=audit_stream, path=settings.audit_file),
-                  clock=clock, max_body_bytes=settings.max_body_bytes, store=s3_client,
-                  grant_secret=settings.grant_secret.encode() if settings.grant_secret else None)

@@ -12,18 +12,28 @@ import threading
 from datetime import datetime
 from typing import IO, Any
 
-from .errors import AuditUnavailable, BrokerError
-from .jsontext import ascii_line
-from .models import Decision, RequestContext, SignedPost, UploadRequest
-from .signing import public_conditions
+from broker.errors import AuditUnavailable, BrokerError
+from broker.fast.jsontext import ascii_line
+from broker.models import Decision, RequestContext, SignedPost, UploadRequest
+from broker.timefmt import iso_z
+
+# Fields the audit log must never see the value of.
+SECRET_CONDITION_FIELDS = frozenset({"x-amz-security-token", "x-amz-credential"})
 
 
-def _iso(moment: datetime) -> str:
-    if moment.year < 1000:  # strftime does not pad such years; keep its output
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # %-formatting: half the cost of the f-string
-        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
-        moment.microsecond // 1000)
+def public_conditions(conditions: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """Policy conditions safe to log: without the credential scope or session token."""
+    out = []
+    for cond in conditions:
+        if isinstance(cond, dict):
+            for name in cond:
+                if name.lower() in SECRET_CONDITION_FIELDS:
+                    break
+            else:
+                out.append(cond)
+        else:
+            out.append(cond)
+    return out
 
 
 def record(
@@ -39,7 +49,7 @@ def record(
 ) -> dict[str, Any]:
     """The audit record (a plain dict) for one decision or error. Pure."""
     rec: dict[str, Any] = {
-        "time": _iso(now),
+        "time": iso_z(now, millis=True),
         "event": event,
         "request_id": context.request_id,
         "protocol": context.protocol,
@@ -57,7 +67,7 @@ def record(
         rec.update(decision="allowed", status=200, bucket=grant.bucket, key=grant.key,
                    content_type=grant.content_type, size_range=[grant.min_bytes, grant.max_bytes])
         if signed is not None:
-            rec["expires_at"] = _iso(signed.expires_at)
+            rec["expires_at"] = iso_z(signed.expires_at, millis=True)
             rec["conditions"] = public_conditions(signed.conditions)
     elif decision is not None:
         rec.update(decision="denied", status=decision.status, check=decision.check.value

@@ -9,9 +9,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from . import __version__
-from .config import DEFAULT_RULES, Settings, api_key_hash, load_rules_file
-from .errors import BrokerError, ConfigError, RulesError
+from broker import __version__
+from broker.config import DEFAULT_RULES, Settings, load_rules_file
+from broker.core.rules import api_key_hash
+from broker.errors import BrokerError, ConfigError, RulesError
 
 EPILOG = """\
 examples:
@@ -54,8 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Dry-run one request through the rules and print the decision (no signing, no I/O)."""
-    from . import rules as engine
-    from .models import UploadRequest
+    from broker.core import rules as engine
+    from broker.models import UploadRequest
 
     try:
         ruleset = load_rules_file(_rules_path(args.rules))
@@ -116,9 +117,9 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server (granian, one Broker per worker process) for the API and the upload page."""
-    from .adapters.wsgi import default_workers, serve
-    from .app import build
-    from .sources import log_event
+    from broker.adapters.wsgi import default_workers, serve
+    from broker.logs import log_event
+    from broker.service import SERVE_TARGET, build
 
     overrides: dict[str, str] = {}
     if args.rules:
@@ -163,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(overrides)  # the workers read their settings from the environment
     sys.stdout.flush()  # nothing buffered here may be written again by forked workers
     try:
-        serve(host, port, workers=workers, threads=args.threads)
+        serve(host, port, factory=SERVE_TARGET, workers=workers, threads=args.threads)
     except KeyboardInterrupt:
         pass
     return 0
@@ -189,7 +190,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per task."""
-    from .adapters.wsgi import DEFAULT_THREADS, default_workers
+    from broker.adapters.wsgi import DEFAULT_THREADS, default_workers
 
     parser = argparse.ArgumentParser(
         prog="broker", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -266,7 +267,7 @@ examples:
     p.add_argument("--stdin", action="store_true", help="read the key to hash from standard input")
     p.set_defaults(func=cmd_hash_key)
 
-    from .deploy import register_cli  # deployment helpers add their own sub-commands
+    from broker.deploy import register_cli  # deployment helpers add their own sub-commands
 
     register_cli(sub)
     return parser

@@ -8,12 +8,14 @@ carries its own machine-readable ``code`` and HTTP ``status``::
     │   ├── InvalidRequest        400 invalid_request     body/headers/event malformed
     │   ├── Unauthenticated       401 unauthenticated     no or unknown API key / principal
     │   ├── NotFound              404 not_found           unknown route
+    │   │   └── UploadNotFound                            no such multipart upload in the store
     │   ├── MethodNotAllowed      405 method_not_allowed
     │   ├── PayloadTooLarge       413 payload_too_large   request body over the limit
     │   └── UnsupportedMediaType  415 unsupported_media_type
     ├── ServiceUnavailable        503 (the broker refuses to issue anything)
     │   ├── RulesUnavailable      503 rules_unavailable   no valid rules were ever loaded
-    │   └── AuditUnavailable      503 audit_unavailable   the audit log cannot be written
+    │   ├── AuditUnavailable      503 audit_unavailable   the audit log cannot be written
+    │   └── StoreUnavailable      503 service_unavailable the store refused a call or is out of reach
     └── ConfigError               (start-up only: rules or settings are invalid)
         └── RulesError            every problem in a rules file, each with a JSON path
 
@@ -69,6 +71,10 @@ class NotFound(RequestError):
     status = 404
 
 
+class UploadNotFound(NotFound):
+    """The store has no such multipart upload for this key (completed, aborted, or never made)."""
+
+
 class MethodNotAllowed(RequestError):
     """The route exists but not for this HTTP method."""
 
@@ -107,6 +113,22 @@ class AuditUnavailable(ServiceUnavailable):
     """The audit log cannot be written; an unaudited grant is never issued."""
 
     code = "audit_unavailable"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """An S3 call failed: the store refused it (``code``, ``status``) or could not be reached.
+
+    Raised only by :class:`broker.s3.store.S3Store`, which turns every botocore error into
+    one of the broker's own, once. ``store_message`` is the store's own text (never a secret).
+    """
+
+    def __init__(self, message: str, *, code: str = "", status: int | None = None,
+                 store_message: str | None = None, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.store_code = code
+        self.store_status = status
+        self.store_message = store_message
+        self.unreachable = unreachable
 
 
 class ConfigError(BrokerError):

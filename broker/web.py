@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
-from .errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
-from .jsontext import compact_bytes
+from broker.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from broker.fast.jsontext import compact_bytes
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from broker import schemas
-from broker.config import api_key_hash
-from broker.keys import extension
-from broker.mediatypes import extension_agrees, parse_content_type, type_matches
+from broker.core.keys import rule_prefix
+from broker.config import schemas
+from broker.core.rules import api_key_hash
+from broker.core.keys import extension
+from broker.core.mediatypes import extension_agrees, parse_content_type, type_matches
 from broker.models import Client, Rule, RuleSet
 
 #: Form fields that are not covered by a policy condition by design.
@@ -58,8 +59,8 @@ def decode_policy(policy_b64: str) -> dict[str, Any]:
 
 def rule_for_key(client: Client, key: str) -> Rule | None:
     """The client's rule whose fixed key prefix is the longest one ``key`` starts with."""
-    matches = [r for r in client.rules.values() if key.startswith(r.key_prefix)]
-    return max(matches, key=lambda r: len(r.key_prefix)) if matches else None
+    matches = [r for r in client.rules.values() if key.startswith(rule_prefix(r))]
+    return max(matches, key=lambda r: len(rule_prefix(r))) if matches else None
 
 
 def _conditions(fields: Mapping[str, Any]) -> list[Any]:
@@ -133,8 +134,8 @@ def grant_violations(
     if not isinstance(key, str) or key != grant.get("key") or key != fields.get("key"):
         problems.append(f"the signed key {key!r} differs from the key returned {grant.get('key')!r}")
     else:
-        if not key.startswith(rule.key_prefix):
-            problems.append(f"key {key!r} is outside the rule's prefix {rule.key_prefix!r}")
+        if not key.startswith(rule_prefix(rule)):
+            problems.append(f"key {key!r} is outside the rule's prefix {rule_prefix(rule)!r}")
         if ".." in key or "//" in key or key.startswith("/") or not _KEY_CHARS.match(key):
             problems.append(f"key {key!r} has a traversal or unsafe characters")
         if len(key.encode()) > 1024:

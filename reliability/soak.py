@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from broker import schemas
+from broker.config import schemas
 from broker.config import load_rules_file
 
 from .oracle import body_violations, client_for_key, grant_violations

@@ -69,17 +69,16 @@ def audit_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def make_broker(rules_text: str, s3_client: Any, audit_stream: io.StringIO) -> Any:
-    from broker.app import Broker
+    from broker.service import assemble
     from broker.audit import AuditLog
-    from broker.signing import Signer
-    from broker.sources import RulesProvider, StaticSource
+    from broker.s3.store import S3Store
+    from broker.config.sources import RulesProvider, StaticSource
 
-    def make(text: str | None = None, **kwargs: Any) -> Broker:
+    def make(text: str | None = None, **kwargs: Any) -> Any:
         provider = RulesProvider(StaticSource(text or rules_text), reload_seconds=3600)
         provider.refresh()
-        return Broker(provider, Signer(s3_client), AuditLog(stream=audit_stream),
-                      clock=kwargs.pop("clock", lambda: NOW), new_id=kwargs.pop("new_id", Ids()),
-                      store=s3_client, **kwargs)
+        return assemble(provider, S3Store(s3_client), AuditLog(stream=audit_stream),
+                        clock=kwargs.pop("clock", lambda: NOW), new_id=kwargs.pop("new_id", Ids()), **kwargs)
 
     return make
 

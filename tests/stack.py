@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.devstore import Store, StoreConfig, StoreError, pick_free_ports, upload_cors_rules
+from broker.dev.store import Store, StoreConfig, StoreError, pick_free_ports, upload_cors_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 _bucket_numbers = itertools.count(1)
@@ -95,7 +95,7 @@ def write_rules(path: Path, extra_origins: list[str], base: Path = ROOT / "rules
 def live(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """The broker's HTTP server against the real store, for end-to-end and browser tests."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
-    from broker.app import build
+    from broker.service import build
     from broker.config import Settings
 
     work = tmp_path_factory.mktemp("live")

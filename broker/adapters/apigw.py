@@ -16,8 +16,8 @@ import json
 from typing import Any, Mapping
 from urllib.parse import parse_qs
 
-from ..errors import BrokerError, InvalidRequest
-from ..web import HttpRequest, HttpResponse
+from broker.errors import BrokerError, InvalidRequest
+from broker.web import HttpRequest, HttpResponse
 
 MAX_EVENT_HEADER_BYTES = 16 * 1024
 
@@ -197,7 +197,7 @@ def handle(broker: Any, event: Any, context: Any = None) -> dict[str, Any]:
     try:
         request, kind = to_request(event, context)
     except BrokerError as exc:
-        from ..app import Call, RequestContext  # an unparseable event is still audited
+        from broker.app import Call, RequestContext  # an unparseable event is still audited
 
         call = Call(broker, HttpRequest("POST", "/"), broker.clock(),
                     RequestContext(request_id=str(getattr(context, "aws_request_id", "") or "-"),

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
-from ..errors import NotFound, PayloadTooLarge
-from ..web import HttpRequest, HttpResponse
+from broker.errors import NotFound, PayloadTooLarge
+from broker.web import HttpRequest, HttpResponse
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(__file__).resolve().parent.parent / "static"
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large", 415: "Unsupported Media Type",
@@ -113,8 +113,9 @@ class WsgiApp:
         waitress has read the whole body before calling us, so the connection stays usable;
         granian closes it after this answer, since the body was not read.
         """
-        from ..app import Call, new_random_id
-        from ..models import RequestContext
+        from broker.app import Call
+        from broker.fast.ids import new_random_id
+        from broker.models import RequestContext
 
         request = to_request({**environ, "CONTENT_LENGTH": "0"}, 0)  # the headers, not the body
         request = dataclasses.replace(request, request_id=new_random_id())
@@ -126,7 +127,6 @@ class WsgiApp:
         return response
 
 
-SERVER_TARGET = "broker.adapters.wsgi:app_from_env"  # what each worker process imports and calls
 DEFAULT_THREADS = 1  # see ``broker serve --help``: threads in one process take turns on the GIL
 WORKERS_KILL_SECONDS = 10
 
@@ -162,38 +162,7 @@ class LineStream:
         """Nothing is buffered."""
 
 
-def app_from_env() -> WsgiApp:
-    """The app of one ``broker serve`` worker process: settings from the environment, its own Broker.
-
-    ``broker serve`` has already built a Broker from the same settings and checked it, so this
-    normally cannot fail; if it does (the rules file broke in between), the worker says why on
-    stderr and exits, and the server stops (exit status 1).
-    """
-    import signal
-
-    from ..app import build
-    from ..config import Settings
-    from ..errors import BrokerError
-
-    # A forked worker starts with the handlers of granian's main process, which only flag that
-    # process: Ctrl-C or SIGTERM while this worker builds its broker would be lost, and the server
-    # would wait for a worker that never stops. Until granian sets the worker's own, they end it.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _stop_with_the_server(signal.SIGTERM)
-    _drop_http_variables(os.environ)
-    try:
-        broker = build(Settings.from_env(os.environ), audit_stream=LineStream(1))
-        if broker.rules.last_error is not None or broker.rules.refresh() is None:
-            err = broker.rules.last_error
-            raise SystemExit(f"broker serve: worker {os.getpid()}: the rules do not load, so nothing would "
-                             f"be issued:\n{getattr(err, 'message', err)}")
-    except BrokerError as exc:
-        raise SystemExit(f"broker serve: worker {os.getpid()}: {exc.message}") from None
-    return WsgiApp(broker)
-
-
-def _stop_with_the_server(signum: int) -> None:
+def stop_with_the_server(signum: int) -> None:
     """Linux: send this worker ``signum`` when the process that started it dies, even by SIGKILL.
 
     Otherwise a worker outlives its server and goes on answering on the port, unsupervised.
@@ -206,7 +175,7 @@ def _stop_with_the_server(signum: int) -> None:
         pass
 
 
-def _drop_http_variables(env: Any) -> None:
+def drop_http_variables(env: Any) -> None:
     """Remove ``HTTP_*`` variables from this worker's environment (``*_PROXY`` ones kept in lower case).
 
     granian starts every WSGI environ from a copy of ``os.environ``, so a variable such as
@@ -220,7 +189,7 @@ def _drop_http_variables(env: Any) -> None:
 
 
 class ServerLogFormatter(logging.Formatter):
-    """granian's own log lines as JSON on stderr, shaped like the broker's (``sources.log_event``)."""
+    """granian's own log lines as JSON on stderr, shaped like the broker's (``broker.logs.log_event``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({"level": record.levelname.lower(), "event": "server", "message": record.getMessage()})
@@ -234,8 +203,7 @@ SERVER_LOGGING = {
 }
 
 
-def serve(host: str, port: int, *, workers: int, threads: int = DEFAULT_THREADS,
-          factory: str = SERVER_TARGET) -> None:
+def serve(host: str, port: int, *, factory: str, workers: int, threads: int = DEFAULT_THREADS) -> None:
     """Serve the app ``factory`` (``module:function``) builds in each of ``workers`` processes.
 
     granian parses HTTP in Rust and calls the app from ``threads`` Python threads per process,

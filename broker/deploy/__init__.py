@@ -43,7 +43,7 @@ supported clients send (POST forms; PUT/DELETE and signed headers for multipart 
 
 
 def _load(path: str | None) -> Any:
-    from ..config import DEFAULT_RULES, load_rules_file
+    from broker.config import DEFAULT_RULES, load_rules_file
 
     return load_rules_file(path or os.environ.get("BROKER_RULES") or DEFAULT_RULES)
 
@@ -55,8 +55,8 @@ def _rules_problem(exc: Any) -> int:
 
 def cmd_iam_policy(args: argparse.Namespace) -> int:
     """Print the signer's least-privilege IAM policy (or update the template's generated blocks)."""
-    from ..errors import ConfigError
-    from .iam import PolicyError, Target, policy_document
+    from broker.errors import ConfigError
+    from broker.deploy.iam import PolicyError, Target, policy_document
 
     try:
         ruleset = _load(args.rules)
@@ -72,7 +72,7 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
 
 
 def _update_template(path: str, ruleset: Any) -> int:
-    from .template import TemplateError, update_template
+    from broker.deploy.template import TemplateError, update_template
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -91,8 +91,8 @@ def _update_template(path: str, ruleset: Any) -> int:
 
 def cmd_cors(args: argparse.Namespace) -> int:
     """Print the bucket CORS configuration the rules need, as JSON for the S3 API."""
-    from ..errors import ConfigError
-    from .cors import CorsError, all_cors_configurations, cors_configuration
+    from broker.errors import ConfigError
+    from broker.deploy.cors import CorsError, all_cors_configurations, cors_configuration
 
     try:
         ruleset = _load(args.rules)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import Rule, RuleSet
+from broker.models import Rule, RuleSet
 
 EXPOSE_HEADERS = ("ETag", "Location")
 MAX_AGE_SECONDS = 3000

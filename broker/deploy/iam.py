@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ..models import Rule, RuleSet
+from broker.core import keys
+from broker.models import Rule, RuleSet
 
 POLICY_VERSION = "2012-10-17"
 # Rule fields that make S3 ask for more than s3:PutObject.
@@ -77,7 +78,7 @@ def _rules(ruleset: RuleSet) -> list[Rule]:
 
 
 def _where(rule: Rule) -> tuple[str, str]:
-    return rule.bucket, rule.key_prefix
+    return rule.bucket, keys.rule_prefix(rule)
 
 
 def _uses_tagging(rule: Rule) -> bool:
@@ -156,7 +157,7 @@ def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
                   for sid, actions, chosen in needs if chosen]
     statements.extend(_kms_statements(rules, target))
     if rules_location:
-        from ..s3source import parse_s3_url
+        from broker.config.sources import parse_s3_url
 
         bucket, key = parse_s3_url(rules_location)
         statements.append(_statement("ReadRulesObject", ["s3:GetObject"],

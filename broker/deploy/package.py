@@ -1,6 +1,7 @@
 """``make package``: the Lambda zip and the SAM template for one rules file.
 
-Builds ``build/lambda.zip`` with ``lambda_handler.py``, the ``broker`` package, ``schemas/``,
+Builds ``build/lambda.zip`` with ``lambda_handler.py``, the ``broker`` package (without
+``broker/dev``, which only ``make run`` uses), ``schemas/``,
 the rules (as ``rules.yaml``) and the pinned dependencies of ``requirements-lambda.txt``
 installed for the Lambda platform, plus bytecode compiled ahead of time when an interpreter
 of the target version is at hand (Lambda's ``/var/task`` is read-only, so Python could never
@@ -61,9 +62,15 @@ def requirement_lines(path: Path, *, with_boto3: bool) -> list[str]:
     return out
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=lambda _d, names: [n for n in names if n in _SKIP_DIRS
-                                                       or n.endswith((".pyc", ".pyo"))])
+#: Folders of the package a Lambda never runs: ``make run``'s local store and runner.
+LEFT_OUT = ("dev",)
+
+
+def _copy_tree(src: Path, dst: Path, *, leave_out: Iterable[str] = ()) -> None:
+    top = {src / name for name in leave_out}
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in _SKIP_DIRS
+                                                       or n.endswith((".pyc", ".pyo"))
+                                                       or Path(d) / n in top])
 
 
 def _interpreter_for(version: str, explicit: str | None) -> str | None:
@@ -123,9 +130,9 @@ def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
           platform: str = LAMBDA_PLATFORM, with_boto3: bool = True,
           bytecode_python: str | None = None, template: Path = ROOT / "template.yaml") -> Built:
     """Build the Lambda zip and the rendered template for ``rules`` into ``out``."""
-    from ..config import load_rules_file
-    from ..errors import RulesError
-    from .template import set_code_uri, update_template
+    from broker.config import load_rules_file
+    from broker.errors import RulesError
+    from broker.deploy.template import set_code_uri, update_template
 
     try:
         ruleset = load_rules_file(rules)
@@ -134,7 +141,7 @@ def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
     staging = out / "lambda"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    _copy_tree(ROOT / "broker", staging / "broker")
+    _copy_tree(ROOT / "broker", staging / "broker", leave_out=LEFT_OUT)
     _copy_tree(ROOT / "schemas", staging / "schemas")
     shutil.copyfile(ROOT / "lambda_handler.py", staging / "lambda_handler.py")
     shutil.copyfile(rules, staging / "rules.yaml")

@@ -16,9 +16,9 @@ import json
 import re
 from typing import Any, Callable
 
-from ..models import RuleSet
-from .cors import cors_rule
-from .iam import Target, policy_document
+from broker.models import RuleSet
+from broker.deploy.cors import cors_rule
+from broker.deploy.iam import Target, policy_document
 
 #: ARNs in the template use the stack's partition and account, resolved by CloudFormation.
 STACK_TARGET = Target(partition="${AWS::Partition}", account_id="${AWS::AccountId}")

@@ -16,8 +16,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..app import Broker, Call
-    from ..web import HttpResponse
+    from broker.app import Broker, Call
+    from broker.web import HttpResponse
 
 #: The routes of the protocols loaded on first use: {module (and protocol name): ((method, path), ...)}.
 ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -41,7 +41,7 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
 
 def register_all(broker: "Broker") -> None:
     """Add every protocol's routes to the broker."""
-    from . import native
+    from broker.protocols import native
 
     native.register(broker)
     for name, routes in ROUTES.items():

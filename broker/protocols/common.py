@@ -5,13 +5,14 @@ import dataclasses
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import audit, rules
-from ..errors import AuditUnavailable
-from ..models import Check, Client, Decision, Grant, Rule, RuleSet, UploadRequest
-from ..policy import Violation
+from broker import audit
+from broker.core import rules
+from broker.errors import AuditUnavailable
+from broker.timefmt import iso_z
+from broker.models import Check, Client, Decision, Grant, Rule, RuleSet, UploadRequest
 
 if TYPE_CHECKING:
-    from ..app import Call
+    from broker.app import Call
 
 
 def decide(call: "Call", client: Client, ruleset: RuleSet, request: UploadRequest) -> Decision:
@@ -23,13 +24,6 @@ def deny(client: str, profile: str | None, check: Check, reason: str, *,
          expected: Any = None, actual: Any = None) -> Decision:
     """A denial naming the check that failed."""
     return Decision(False, client, profile, check=check, reason=reason, expected=expected, actual=actual)
-
-
-def refusal(client: str, profile: str | None, problems: list[Violation],
-            check: Check = Check.CONDITION_NOT_ALLOWED) -> Decision:
-    """A denial listing every problem found in a signing request (the first one is the reason)."""
-    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-    return deny(client, profile, check, f"{problems[0]}{more}", actual=[str(p) for p in problems[:10]])
 
 
 def with_key(decision: Decision, bucket: str, key: str) -> Decision:
@@ -69,9 +63,9 @@ def lifetime(call: "Call", ruleset: RuleSet, rule: Rule, key: str) -> int:
     grant = Grant(client=rule.client, profile=rule.name, bucket=rule.bucket, key=key, content_type="",
                   min_bytes=rule.min_bytes, max_bytes=rule.max_bytes,
                   expires_in=min(rule.expires_in, ruleset.max_expires_in), fields={})
-    return call.broker.signer.expires_in(grant, call.now)
+    return call.broker.store.expires_in(grant, call.now)
 
 
 def expiry(call: "Call", seconds: int) -> str:
     """``now + seconds`` as an ISO 8601 UTC time."""
-    return (call.now + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_z(call.now + timedelta(seconds=seconds))

@@ -25,19 +25,18 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidRequest
-from ..grants import rules_for_key
-from ..models import Check, Client, Decision, Rule, RuleSet, UploadRequest
-from ..multipart import (MAX_PARTS, abort, complete, create, delete, list_parts, max_parts, size_decision,
-                         with_outcome)
-from ..rules import human_size
-from ..sigv4 import StoreSigner
-from ..web import HttpResponse
-from . import common
-from .native import denial_body, parse_upload_request
+from broker.errors import InvalidRequest
+from broker.core.grants import rules_for_key
+from broker.models import Check, Client, Decision, Rule, RuleSet, UploadRequest
+from broker.core.multipart import MAX_PARTS, max_parts, size_decision, with_outcome
+from broker.core.sizes import human_size
+from broker.timefmt import iso_z
+from broker.web import HttpResponse
+from broker.protocols import common
+from broker.protocols.native import denial_body, parse_upload_request
 
 if TYPE_CHECKING:
-    from ..app import Broker, Call
+    from broker.app import Broker, Call
 
 PROTOCOL = "companion"
 #: Uppy's own meta fields: they describe the file, they are not object metadata.
@@ -48,7 +47,7 @@ _UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
 
 def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
     """The handler of each Companion route (the routes: ``broker.protocols.ROUTES``)."""
-    endpoints = Companion(StoreSigner(broker.store))
+    endpoints = Companion()
     return {
         ("GET", "/s3/params"): endpoints.params,
         ("POST", "/s3/multipart"): endpoints.create,
@@ -90,10 +89,7 @@ def denial(decision: Decision) -> HttpResponse:
 
 
 class Companion:
-    """The Companion S3 endpoints."""
-
-    def __init__(self, signer: StoreSigner) -> None:
-        self.signer = signer
+    """The Companion S3 endpoints; every S3 call goes through the broker's store."""
 
     # ------------------------------------------------------------------ single POST
 
@@ -111,7 +107,7 @@ class Companion:
             return denial(decision)
         url = signed.url if signed.url.endswith("/") else signed.url + "/"
         return HttpResponse.json(200, {"method": "POST", "url": url, "fields": dict(signed.fields),
-                                       "expires": signed.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+                                       "expires": iso_z(signed.expires_at)})
 
     # ------------------------------------------------------------------ multipart
 
@@ -134,10 +130,10 @@ class Companion:
             return denial(decision)
         grant = decision.grant
         store = call.broker.store
-        upload_id = create(store, grant)
+        upload_id = store.create_multipart(grant)
         rec = common.record(call, event="multipart_create", decision=decision, request=request,
                             upload_id=upload_id)
-        common.emit_or_undo(call, rec, lambda: abort(store, grant.bucket, grant.key, upload_id))
+        common.emit_or_undo(call, rec, lambda: store.abort_multipart(grant.bucket, grant.key, upload_id))
         return HttpResponse.json(200, {"key": grant.key, "uploadId": upload_id, "bucket": grant.bucket})
 
     def _bound(self, call: "Call", event: str) -> tuple[RuleSet, Client, Rule, str, str] | HttpResponse:
@@ -177,9 +173,7 @@ class Companion:
                                f"part {number} is beyond the {limit} parts of 5 MiB that {rule.name}'s limit of "
                                f"{human_size(rule.max_bytes)} can need", expected=rule.max_bytes, actual=None)
         seconds = common.lifetime(call, ruleset, rule, key)
-        url = call.broker.store.generate_presigned_url(
-            "upload_part", Params={"Bucket": rule.bucket, "Key": key, "UploadId": upload_id,
-                                   "PartNumber": int(number)}, ExpiresIn=seconds)
+        url = call.broker.store.part_url(rule.bucket, key, upload_id, int(number), seconds)
         return url, seconds
 
     def sign_part(self, call: "Call") -> HttpResponse:
@@ -230,7 +224,7 @@ class Companion:
         if isinstance(bound, HttpResponse):
             return bound
         _ruleset, _client, rule, key, upload_id = bound
-        parts = list_parts(call.broker.store, rule.bucket, key, upload_id)
+        parts = call.broker.store.list_parts(rule.bucket, key, upload_id)
         call.broker.emit(common.allowed_record(call, event="multipart_list", rule=rule, key=key,
                                                upload_id=upload_id, size=sum(p.size for p in parts)))
         return HttpResponse.json(200, [{"PartNumber": p.number, "Size": p.size, "ETag": p.etag} for p in parts])
@@ -243,7 +237,7 @@ class Companion:
         _ruleset, client, rule, key, upload_id = bound
         wanted = _parts_body(call.request.json(call.broker.max_body_bytes))
         store = call.broker.store
-        stored = {p.number: p for p in list_parts(store, rule.bucket, key, upload_id)}
+        stored = {p.number: p for p in store.list_parts(rule.bucket, key, upload_id)}
         for number, etag in wanted:
             part = stored.get(number)
             if part is None or part.etag.strip('"') != etag.strip('"'):
@@ -254,18 +248,18 @@ class Companion:
         verdict = size_decision(client.id, rule.name, uploaded, completing,
                                 min_bytes=rule.min_bytes, max_bytes=rule.max_bytes)
         if not verdict.allowed:
-            abort(store, rule.bucket, key, upload_id)
+            store.abort_multipart(rule.bucket, key, upload_id)
             verdict = with_outcome(verdict, "the upload was aborted and nothing is stored")
             call.broker.emit(common.record(call, event="multipart_complete", decision=verdict, key=key,
                                            upload_id=upload_id, size=uploaded))
             return denial(verdict)
-        complete(store, rule.bucket, key, upload_id,
-                 [{"PartNumber": n, "ETag": stored[n].etag} for n, _ in wanted])
+        store.complete_multipart(rule.bucket, key, upload_id,
+                                 [{"PartNumber": n, "ETag": stored[n].etag} for n, _ in wanted])
         rec = common.allowed_record(call, event="multipart_complete", rule=rule, key=key, upload_id=upload_id,
                                     size=completing, size_range=[rule.min_bytes, rule.max_bytes])
         # An object nobody audited must not stay: if the record cannot be written, delete it (503).
-        common.emit_or_undo(call, rec, lambda: delete(store, rule.bucket, key))
-        return HttpResponse.json(200, {"location": self.signer.object_url(rule.bucket, key),
+        common.emit_or_undo(call, rec, lambda: store.delete(rule.bucket, key))
+        return HttpResponse.json(200, {"location": store.sigv4.object_url(rule.bucket, key),
                                        "key": key, "bucket": rule.bucket})
 
     def abort(self, call: "Call") -> HttpResponse:
@@ -274,7 +268,7 @@ class Companion:
         if isinstance(bound, HttpResponse):
             return bound
         _ruleset, _client, rule, key, upload_id = bound
-        abort(call.broker.store, rule.bucket, key, upload_id)
+        call.broker.store.abort_multipart(rule.bucket, key, upload_id)
         call.broker.emit(common.allowed_record(call, event="multipart_abort", rule=rule, key=key,
                                                upload_id=upload_id))
         return HttpResponse.json(200, {})

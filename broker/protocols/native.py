@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import schemas
-from ..errors import InvalidRequest
-from ..models import Decision, SignedPost, UploadRequest, iso_seconds
-from ..rules import human_size
-from ..web import HttpResponse
+from broker.config import schemas
+from broker.errors import InvalidRequest
+from broker.models import Decision, SignedPost, UploadRequest
+from broker.core.sizes import human_size
+from broker.timefmt import iso_z
+from broker.web import HttpResponse
 
 if TYPE_CHECKING:
-    from ..app import Broker, Call
+    from broker.app import Broker, Call
 
 
 def register(broker: "Broker") -> None:
@@ -73,7 +74,7 @@ def grant_body(decision: Decision, signed: SignedPost) -> dict[str, Any]:
         "fields": dict(signed.fields),
         "key": grant.key,
         "bucket": grant.bucket,
-        "expires_at": iso_seconds(signed.expires_at),
+        "expires_at": iso_z(signed.expires_at),
         "max_bytes": grant.max_bytes,
         "min_bytes": grant.min_bytes,
         "content_type": grant.content_type,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-VENDOR = Path(__file__).resolve().parents[2] / "broker" / "web" / "vendor"
+VENDOR = Path(__file__).resolve().parents[2] / "broker" / "static" / "vendor"
 
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>smoke</title></head>

@@ -73,6 +73,9 @@ def test_zip_contents(packaged: dict[str, Any]) -> None:
         assert required in names, required
     assert any(n.startswith("broker/__pycache__/app.cpython-") and n.endswith(".pyc") for n in names)
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
+    assert "broker/dev/run.py" not in names and "broker/dev/store.py" not in names
+    assert not any(n.startswith("broker/dev/") for n in names), "make run's store and runner ship to Lambda"
+    assert "broker/s3/store.py" in names and "broker/core/rules.py" in names
     assert packaged["built"].template_path.read_text().count("CodeUri: lambda.zip") == 1
 
 
@@ -85,7 +88,7 @@ def test_runs_only_from_the_zip(packaged: dict[str, Any]) -> None:
 def checkout_status() -> Any:
     """The status the dev checkout answers for an event (the package must agree)."""
     from broker.adapters import apigw
-    from broker.app import build as build_broker
+    from broker.service import build as build_broker
     from broker.config import Settings
 
     broker = build_broker(Settings.from_env({"BROKER_RULES": str(ROOT / "rules.yaml")}),

@@ -254,7 +254,7 @@ def test_policy_rewritten_without_resigning_is_refused(live: Live, snapshot: dic
 def short_lived_broker(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second broker on the same store whose avatars forms expire after 1 second; yields its URL."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
-    from broker.app import build
+    from broker.service import build
     from broker.config import Settings
 
     work = tmp_path_factory.mktemp("short-lived")

@@ -6,8 +6,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from broker import schemas
-from broker.signing import decode_policy
+from broker.config import schemas
+from broker.s3.post import decode_policy
 from tests.conftest import ACME_KEY, audit_lines
 from tests.protocols.conftest import call
 

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import schemas
+from broker.config import schemas
 from tests.protocols.conftest import call
 
 ERROR_SCHEMA = schemas.validator("error")

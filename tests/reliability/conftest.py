@@ -152,9 +152,9 @@ def rel_server(store: Any, tmp_path_factory: pytest.TempPathFactory,
                watch: SecretsWatch) -> Iterator[RelServer]:
     """A broker served by waitress with a copy of rules.yaml, its own audit file and stream."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
-    from broker.app import build
+    from broker.service import build
     from broker.config import Settings
-    from broker.devstore import upload_cors_rules
+    from broker.dev.store import upload_cors_rules
 
     work = tmp_path_factory.mktemp("reliability")
     rules_path, audit_path = work / "rules.yaml", work / "audit.jsonl"

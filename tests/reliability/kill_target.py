@@ -25,10 +25,10 @@ def main(audit_path: str, threads: int) -> None:
     import boto3
     from botocore.config import Config
 
-    from broker.app import Broker
+    from broker.service import assemble
     from broker.audit import AuditLog
-    from broker.signing import Signer
-    from broker.sources import RulesProvider, StaticSource
+    from broker.s3.store import S3Store
+    from broker.config.sources import RulesProvider, StaticSource
     from broker.web import HttpRequest
 
     root = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def main(audit_path: str, threads: int) -> None:
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
                       aws_access_key_id="AKIDKILLTARGET", aws_secret_access_key=os.environ["KILL_SECRET"],
                       config=Config(signature_version="s3v4"))
-    broker = Broker(provider, Signer(s3), AuditLog(stream=None, path=audit_path))
+    broker = assemble(provider, S3Store(s3), AuditLog(stream=None, path=audit_path))
     bodies = [json.dumps(b).encode() for b in REQUESTS]
     headers = {"content-type": "application/json", "x-api-key": "demo-web-app-key",
                "user-agent": "kill-target " + "x" * 200}  # longer lines: more bytes per write

@@ -332,10 +332,10 @@ def post_form(grant: dict[str, Any], data: bytes, **override: str) -> requests.R
 @pytest.fixture
 def store_broker(store: Any, watch: Any) -> Callable[..., Any]:
     """A broker in process, signing for the real store, with edited rules and a chosen clock."""
-    from broker.app import Broker
+    from broker.service import assemble
     from broker.audit import AuditLog
-    from broker.signing import Signer
-    from broker.sources import RulesProvider, StaticSource
+    from broker.s3.store import S3Store
+    from broker.config.sources import RulesProvider, StaticSource
 
     def make(edit: Callable[[dict[str, Any]], None] | None = None,
              clock: Callable[[], datetime] | None = None) -> Any:
@@ -346,8 +346,8 @@ def store_broker(store: Any, watch: Any) -> Callable[..., Any]:
         provider.refresh()
         stream = io.StringIO()
         watch.streams.append(("store_broker audit stream", stream))
-        return Broker(provider, Signer(store.s3_client()), AuditLog(stream=stream),
-                      clock=clock or (lambda: datetime.now(timezone.utc)))
+        return assemble(provider, S3Store(store.s3_client()), AuditLog(stream=stream),
+                        clock=clock or (lambda: datetime.now(timezone.utc)))
 
     return make
 

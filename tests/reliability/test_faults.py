@@ -24,7 +24,7 @@ import pytest
 import requests
 import yaml
 
-from broker import schemas
+from broker.config import schemas
 from tests.conftest import ROOT, WEB_KEY
 
 AVATAR = {"filename": "me.png", "content_type": "image/png", "size": 1200}
@@ -54,7 +54,7 @@ class Served:
 
     def __init__(self, rules_path: Path, audit_path: Path, s3: Any, reload_seconds: float = 0.05) -> None:
         from broker.adapters.wsgi import ServerThread, WsgiApp
-        from broker.app import build
+        from broker.service import build
         from broker.config import Settings
 
         settings = Settings(rules=str(rules_path), rules_reload_seconds=reload_seconds,

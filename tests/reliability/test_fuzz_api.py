@@ -87,7 +87,7 @@ class Exchanges:
 
     def assert_audited_once(self) -> None:
         """Every audited request id is in the audit file exactly once, as a valid record."""
-        from broker import schemas
+        from broker.config import schemas
 
         records = self.server.audit_records()
         counts = Counter(r["request_id"] for r in records)
@@ -159,7 +159,7 @@ def _profiles(ruleset: Any) -> list[str]:
 
 
 def _content_types(ruleset: Any) -> list[str]:
-    from broker.mediatypes import EXTENSION_TYPES
+    from broker.core.mediatypes import EXTENSION_TYPES
 
     found = {t for c in ruleset.clients.values() for r in c.rules.values() for t in r.content_types}
     found |= {t for types in EXTENSION_TYPES.values() for t in types}
@@ -167,7 +167,7 @@ def _content_types(ruleset: Any) -> list[str]:
 
 
 def _extensions() -> list[str]:
-    from broker.mediatypes import EXTENSION_TYPES
+    from broker.core.mediatypes import EXTENSION_TYPES
 
     return sorted(EXTENSION_TYPES) + ["", ".PNG", ".Pdf", ".exe", ".png.exe", ".svg", ".php", "."]
 
@@ -200,7 +200,7 @@ def content_types(draw: Any, allowed: list[str], everything: list[str]) -> str:
 @st.composite
 def plausible_uploads(draw: Any, ruleset: Any) -> tuple[str | None, dict[str, Any]]:
     """(API key, POST /uploads body) close to what real clients send, often with one thing wrong."""
-    from broker.mediatypes import EXTENSION_TYPES
+    from broker.core.mediatypes import EXTENSION_TYPES
 
     api_key = draw(API_KEYS)
     client = client_for_key(ruleset, api_key)

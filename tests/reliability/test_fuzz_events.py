@@ -24,12 +24,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import schemas
+from broker.config import schemas
 from broker.adapters import apigw
-from broker.config import api_key_hash
+from broker.core.rules import api_key_hash
 from broker.errors import BrokerError, InvalidRequest
 from broker.models import Credentials
-from broker.rules import identify
+from broker.core.rules import identify
 from reliability.oracle import body_violations, grant_violations
 from tests.conftest import ROOT, audit_lines
 from tests.reliability.conftest import fuzz_settings
@@ -126,17 +126,17 @@ def event_broker(rules_text: str, watch: Any) -> tuple[Any, io.StringIO]:
     import boto3
     from botocore.config import Config
 
-    from broker.app import Broker
+    from broker.service import assemble
     from broker.audit import AuditLog
-    from broker.signing import Signer
-    from broker.sources import RulesProvider, StaticSource
+    from broker.s3.store import S3Store
+    from broker.config.sources import RulesProvider, StaticSource
 
     provider = RulesProvider(StaticSource(rules_text), reload_seconds=3600)
     provider.refresh()
     s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
     stream = io.StringIO()
     watch.streams.append(("event_broker audit stream", stream))
-    return Broker(provider, Signer(s3), AuditLog(stream=stream)), stream
+    return assemble(provider, S3Store(s3), AuditLog(stream=stream)), stream
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)

@@ -16,8 +16,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import keys
-from broker.config import MULTIPART_LIMIT, SINGLE_POST_LIMIT, load_rules
+from broker.core import keys
+from broker.config import load_rules
+from broker.config.checks import MULTIPART_LIMIT, SINGLE_POST_LIMIT
 from broker.errors import RulesError
 from tests.conftest import ROOT
 from tests.reliability.conftest import fuzz_settings
@@ -96,7 +97,7 @@ def assert_loads_or_refuses(text: str | bytes) -> bool:
             assert rule.max_bytes <= (MULTIPART_LIMIT if rule.multipart else SINGLE_POST_LIMIT)
             assert 1 <= rule.expires_in <= ruleset.max_expires_in
             assert rule.content_types and all(t == t.lower() for t in rule.content_types)
-            prefixes.append((rule.bucket, rule.key_prefix, client.id))
+            prefixes.append((rule.bucket, keys.rule_prefix(rule), client.id))
     for bucket, prefix, cid in prefixes:  # no client can write among another client's keys
         for other_bucket, other_prefix, other_cid in prefixes:
             if bucket == other_bucket and cid != other_cid:

@@ -1,0 +1,174 @@
+"""What the broker granted, made checkable later without server state. Pure.
+
+Two things protocols with several round trips need (Fine Uploader's signature endpoint,
+Companion's multipart endpoints):
+
+- **Grant tokens.** When the broker decides a Fine Uploader file it returns the key it chose
+  plus a token: the decision's inputs (client, profile, bucket, key, filename, type, size,
+  metadata) and an expiry, MACed with HMAC-SHA256 under the broker's grant secret. Every later
+  signing request for that file carries the token, so the broker can check that the key in a
+  policy or canonical request is one it issued to this client, for this file, and not yet
+  expired: no registry, so any Lambda instance sharing the secret can verify it.
+- **Key patterns.** Every key a rule can produce matches a regular expression built from its
+  template (``{uuid}`` is exactly 32 hex digits, ``{client}``/``{profile}`` are literal), so
+  ``rules_for_key`` tells which of a client's rules could have issued a key, or that none did.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Mapping
+
+from broker.core.keys import parse_template
+from broker.timefmt import from_unix, iso_z
+from broker.models import Client, Rule
+
+#: The HTTP header a page sends the token back in.
+TOKEN_HEADER = "x-upload-grant"
+#: Longest token accepted (a 1024-character filename and key still fit).
+MAX_TOKEN_CHARS = 8192
+MIN_SECRET_BYTES = 32
+_DOMAIN = b"upload-broker/grant/v1\n"  # MACs for other purposes can never be confused with these
+
+_PLACEHOLDER_PATTERNS = {
+    "uuid": r"[0-9a-f]{32}",
+    "date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    "year": r"[0-9]{4}",
+    "month": r"[0-9]{2}",
+    "day": r"[0-9]{2}",
+    "ext": r"(?:\.[a-z0-9]{1,10})?",
+    "filename": r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
+}
+
+
+class TokenError(ValueError):
+    """A grant token is malformed, forged, or expired; the message says which."""
+
+
+@dataclass(frozen=True)
+class GrantToken:
+    """The facts of one decision, as carried in a token."""
+
+    client: str
+    profile: str
+    bucket: str
+    key: str
+    filename: str
+    content_type: str
+    size: int | None
+    expires_at: int  # Unix seconds
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def _payload(self) -> dict[str, Any]:
+        return {"v": 1, "c": self.client, "p": self.profile, "b": self.bucket, "k": self.key,
+                "n": self.filename, "t": self.content_type, "s": self.size,
+                "m": dict(self.metadata), "x": self.expires_at}
+
+
+def check_secret(secret: bytes) -> bytes:
+    """The secret, if it is long enough to MAC grants with; raises ``ValueError`` otherwise."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"the grant secret must be at least {MIN_SECRET_BYTES} bytes; "
+                         f"it is {len(secret)} (make one with: python -c "
+                         "\"import secrets; print(secrets.token_urlsafe(48))\")")
+    return secret
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, body: str) -> bytes:
+    return hmac.new(secret, _DOMAIN + body.encode("ascii"), hashlib.sha256).digest()
+
+
+def issue_token(grant: GrantToken, secret: bytes) -> str:
+    """``<payload>.<mac>``, both base64url: readable by anyone, forgeable by no one without the secret."""
+    body = _b64(json.dumps(grant._payload(), separators=(",", ":"), sort_keys=True,
+                           ensure_ascii=False).encode("utf-8"))
+    return f"{body}.{_b64(_mac(check_secret(secret), body))}"
+
+
+def verify_token(token: str | None, secret: bytes, *, now: datetime) -> GrantToken:
+    """The grant a token carries; raises ``TokenError`` if it is missing, forged or expired."""
+    if not token:
+        raise TokenError(f"send the grant token from the key response in the {TOKEN_HEADER} header")
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+        raise TokenError("the grant token is malformed")
+    body, mac = token.split(".")
+    try:
+        given = _unb64(mac)
+    except (binascii.Error, ValueError):
+        raise TokenError("the grant token is malformed") from None
+    if not body.isascii() or not hmac.compare_digest(given, _mac(secret, body)):
+        raise TokenError("the grant token was not issued by this broker (or was altered)")
+    try:
+        data = json.loads(_unb64(body))
+        grant = GrantToken(
+            client=_str(data["c"]), profile=_str(data["p"]), bucket=_str(data["b"]),
+            key=_str(data["k"]), filename=_str(data["n"]), content_type=_str(data["t"]),
+            size=None if data["s"] is None else _int(data["s"]), expires_at=_int(data["x"]),
+            metadata={_str(k): _str(v) for k, v in dict(data["m"]).items()},
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise TokenError("the grant token is malformed") from None
+    if data.get("v") != 1:
+        raise TokenError("the grant token has an unknown version")
+    if now.timestamp() >= grant.expires_at:
+        expired = iso_z(from_unix(grant.expires_at))
+        raise TokenError(f"the grant for {grant.key} expired at {expired}; ask for a new key")
+    return grant
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
+
+
+# --------------------------------------------------------------------------- key patterns
+
+
+@lru_cache(maxsize=1024)
+def _key_regex(template: str, client: str, profile: str) -> re.Pattern[str]:
+    parts = []
+    for literal, name in parse_template(template):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        if name == "client":
+            parts.append(re.escape(client))
+        elif name == "profile":
+            parts.append(re.escape(profile))
+        else:
+            parts.append(_PLACEHOLDER_PATTERNS[name])
+    return re.compile("".join(parts))
+
+
+def key_matches(rule: Rule, key: str) -> bool:
+    """Whether ``key`` has exactly the shape ``rule``'s template produces for its client."""
+    if ".." in key or "//" in key or len(key.encode("utf-8")) > 1024:
+        return False
+    return _key_regex(rule.key_template, rule.client, rule.name).fullmatch(key) is not None
+
+
+def rules_for_key(client: Client, key: str) -> tuple[Rule, ...]:
+    """The client's rules whose template could have produced ``key`` (normally one, or none)."""
+    return tuple(rule for rule in client.rules.values() if key_matches(rule, key))

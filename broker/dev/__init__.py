@@ -1,0 +1,1 @@
+"""``make run``'s local stack: SeaweedFS (``store``) and the runner (``run``). Not in the Lambda zip."""

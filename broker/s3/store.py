@@ -1,0 +1,221 @@
+"""One object owns every S3 call the broker makes: :class:`S3Store`.
+
+Presigned POST forms and part URLs (no network), multipart create/list/complete/abort, head,
+ranged reads, delete, reading the rules object, making a bucket: each goes through one
+private ``_call``, which turns botocore's errors into the broker's own once
+(:class:`~broker.errors.StoreUnavailable`, :class:`~broker.errors.UploadNotFound`, or what a
+call says it expects). Protocol code never touches a raw client; tests hand in a client of
+their choosing (moto, SeaweedFS) or a fake with the same methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+from broker.core.multipart import MAX_PARTS, Part
+from broker.errors import BrokerError, InvalidRequest, StoreUnavailable, UploadNotFound
+from broker.models import Grant, SignedPost
+from broker.s3.client import credentials_expiry as client_credentials_expiry
+from broker.s3.post import Signer
+
+#: CreateMultipartUpload's parameter for each object field a grant may carry.
+_OBJECT_PARAMS = {
+    "Content-Type": "ContentType", "acl": "ACL", "Cache-Control": "CacheControl",
+    "Content-Disposition": "ContentDisposition", "x-amz-server-side-encryption": "ServerSideEncryption",
+    "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId", "x-amz-storage-class": "StorageClass",
+}
+_MISSING_UPLOAD = ("NoSuchUpload", "NoSuchKey", "404")
+_MISSING_OBJECT = ("404", "NoSuchKey", "NotFound")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An object read whole: its bytes (None when it is longer than asked), ETag and length."""
+
+    body: bytes | None
+    etag: str | None
+    length: int | None
+
+
+def create_params(grant: Grant) -> dict[str, Any]:
+    """CreateMultipartUpload parameters applying every object field of the grant."""
+    params: dict[str, Any] = {"Bucket": grant.bucket, "Key": grant.key}
+    metadata: dict[str, str] = {}
+    for name, value in grant.fields.items():
+        if name in _OBJECT_PARAMS:
+            params[_OBJECT_PARAMS[name]] = value
+        elif name.startswith("x-amz-meta-"):
+            metadata[name[len("x-amz-meta-"):]] = value
+    if metadata:
+        params["Metadata"] = metadata
+    return params
+
+
+class S3Store:
+    """Every S3 call of the broker, through one long-lived botocore client."""
+
+    def __init__(self, client: Any, *,
+                 credentials_expiry: Callable[[], datetime | None] | None = None) -> None:
+        self._client = client
+        expiry = credentials_expiry or (client_credentials_expiry(client) if client is not None else None)
+        self.post_signer = Signer(client, credentials_expiry=expiry)
+        self._sigv4: Any = None
+
+    # ------------------------------------------------------------------ signing (no network)
+
+    def expires_in(self, grant: Grant, now: datetime) -> int:
+        """The grant's lifetime, cut short so it never outlives the signing credentials."""
+        return self.post_signer.expires_in(grant, now)
+
+    def sign_post(self, grant: Grant, *, now: datetime) -> SignedPost:
+        """A presigned POST binding the grant's exact key, bucket, size range and fields."""
+        return self.post_signer.sign(grant, now=now)
+
+    def part_url(self, bucket: str, key: str, upload_id: str, part_number: int, expires_in: int) -> str:
+        """A presigned PUT URL for one part of a multipart upload."""
+        return str(self._client.generate_presigned_url(
+            "upload_part", Params={"Bucket": bucket, "Key": key, "UploadId": upload_id,
+                                   "PartNumber": part_number}, ExpiresIn=expires_in))
+
+    @property
+    def sigv4(self) -> Any:
+        """The SigV4 signer of checked Fine Uploader requests (:class:`broker.s3.sigv4.StoreSigner`)."""
+        if self._sigv4 is None:
+            from broker.s3.sigv4 import StoreSigner
+
+            self._sigv4 = StoreSigner(self._client)
+        return self._sigv4
+
+    # ------------------------------------------------------------------ multipart
+
+    def create_multipart(self, grant: Grant) -> str:
+        """Start a multipart upload with the grant's object fields; returns the upload id."""
+        out = self._call("create_multipart_upload", "start the multipart upload", create_params(grant))
+        return str(out["UploadId"])
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        """Every part the store holds for the upload (all pages)."""
+        parts: list[Part] = []
+        marker = 0
+        while True:
+            page = self._call("list_parts", "list the parts", {
+                "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumberMarker": marker})
+            for p in page.get("Parts", []):
+                parts.append(Part(int(p["PartNumber"]), int(p["Size"]), str(p["ETag"])))
+            if not page.get("IsTruncated") or len(parts) > MAX_PARTS:
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, parts: list[Mapping[str, Any]]) -> str:
+        """Complete the upload with the given parts; returns the object's ETag."""
+        refused = {code: InvalidRequest(f"the store refused to complete the upload: {code}")
+                   for code in ("EntityTooSmall", "InvalidPart", "InvalidPartOrder")}
+        out = self._call("complete_multipart_upload", "complete the upload", {
+            "Bucket": bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": list(parts)}},
+            expect=refused)
+        return str(out.get("ETag", ""))
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort the upload so the store frees its parts; an already gone upload is fine."""
+        self._call("abort_multipart_upload", "abort the upload",
+                   {"Bucket": bucket, "Key": key, "UploadId": upload_id},
+                   expect={"NoSuchUpload": None, "404": None})
+
+    # ------------------------------------------------------------------ objects
+
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's size, type and ETag, or None if it does not exist."""
+        out = self._call("head_object", "read the object's size and type", {"Bucket": bucket, "Key": key},
+                         expect={code: None for code in _MISSING_OBJECT})
+        if out is None:
+            return None
+        return {"size": int(out.get("ContentLength", 0)), "content_type": out.get("ContentType"),
+                "etag": out.get("ETag")}
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Delete an object."""
+        self._call("delete_object", "delete the object", {"Bucket": bucket, "Key": key})
+
+    def get_object(self, bucket: str, key: str, *, max_bytes: int,
+                   if_none_match: str | None = None) -> Fetched | None:
+        """The object read whole (at most ``max_bytes`` + 1 bytes), or None if it still has ETag ``if_none_match``."""
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if if_none_match:
+            params["IfNoneMatch"] = if_none_match
+        out = self._call("get_object", "read the object", params,
+                         expect={"304": None, "NotModified": None, 304: None} if if_none_match else None,
+                         words=lambda detail: f"the store refused to read the object: {detail}")
+        if out is None:
+            return None
+        length = out.get("ContentLength")
+        if isinstance(length, int) and length > max_bytes:
+            out["Body"].close()
+            return Fetched(None, out.get("ETag"), length)
+        body = out["Body"].read(max_bytes + 1)
+        return Fetched(body, out.get("ETag"), len(body))
+
+    # ------------------------------------------------------------------ buckets
+
+    def list_buckets(self) -> list[str]:
+        """The names of the buckets the credentials can see (a cheap "is the store up?")."""
+        out = self._call("list_buckets", "", {}, words=lambda detail: detail)
+        return [str(b["Name"]) for b in out.get("Buckets", [])]
+
+    def ensure_bucket(self, bucket: str, cors_rules: list[dict[str, Any]] | None = None) -> None:
+        """Create ``bucket`` if it does not exist, then set its CORS rules if ``cors_rules`` is given.
+
+        Raises :class:`StoreUnavailable` whose message says what failed (and, for a bad name, the rule).
+        """
+        exists = self._call("head_bucket", "", {"Bucket": bucket}, expect={"404": False, "NoSuchBucket": False, 404: False},
+                            words=lambda detail: f"cannot check bucket {bucket!r}: {detail}")
+        if exists is False:
+            def create_failed(detail: str) -> str:
+                hint = " (bucket names are 3-63 characters: lowercase letters, digits, '-' and '.')" \
+                    if detail.startswith("InvalidBucketName:") else ""
+                return f"cannot create bucket {bucket!r}: {detail}{hint}"
+
+            self._call("create_bucket", "", {"Bucket": bucket}, words=create_failed,
+                       expect={"BucketAlreadyOwnedByYou": None, "BucketAlreadyExists": None})
+        if cors_rules is not None:
+            self._call("put_bucket_cors", "", {"Bucket": bucket, "CORSConfiguration": {"CORSRules": cors_rules}},
+                       words=lambda detail: f"cannot set the CORS rules of bucket {bucket!r}: {detail}")
+
+    # ------------------------------------------------------------------ the one place errors are mapped
+
+    def _call(self, operation: str, what: str, params: Mapping[str, Any], *,
+              expect: Mapping[str | int, Any] | None = None,
+              words: Callable[[str], str] | None = None) -> Any:
+        """Run one client operation; botocore errors become the broker's own.
+
+        A store error code (or HTTP status) listed in ``expect`` answers with its value
+        instead (raised, if it is an exception). Otherwise: a missing upload is :class:`UploadNotFound`, anything else
+        :class:`StoreUnavailable` saying what the broker was doing (``what``), or worded by
+        ``words(detail)`` where the caller has better words.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client, operation)(**params)
+        except ClientError as exc:
+            response = getattr(exc, "response", {}) or {}
+            error = response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if expect is not None and (code in expect or status in expect):
+                outcome = expect[code] if code in expect else expect[status]
+                if isinstance(outcome, BrokerError):
+                    raise outcome from None
+                return outcome
+            if words is not None:
+                detail = f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+                raise StoreUnavailable(words(detail), code=code, status=status,
+                                       store_message=error.get("Message")) from None
+            if code in _MISSING_UPLOAD:
+                raise UploadNotFound(f"the store has no multipart upload with that id for this key ({what})") from None
+            raise StoreUnavailable(f"the store refused to {what}: {code or type(exc).__name__}", code=code,
+                                   status=status, store_message=error.get("Message")) from None
+        except BotoCoreError as exc:
+            message = words(str(exc)) if words is not None else \
+                f"the store refused to {what}: {type(exc).__name__}"
+            raise StoreUnavailable(message, unreachable=True, store_message=str(exc)) from None
