@@ -28,9 +28,8 @@ run: venv  ## start SeaweedFS + the broker + the upload page on http://127.0.0.1
 test: venv system-deps  ## run every test (unit, real store, real browser)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-test-fast: venv  ## unit tests only (no store, no browser)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/browser \
-		--ignore=tests/reliability
+test-fast: venv  ## unit tests only: no store, no browser, no soak (pytest markers)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not store and not browser and not soak"
 
 check: venv  ## validate rules.yaml
 	$(BIN)/broker check rules.yaml

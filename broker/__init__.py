@@ -1,13 +1,53 @@
 """The broker: issues S3 presigned POST forms only for uploads that ``rules.yaml`` allows.
 
-Layers, imports pointing one way::
+The folders are the architecture; imports point down this map, never up, and never in a
+cycle (``tests/test_layers.py`` checks it)::
 
-    errors, models                     values and the exception hierarchy
-    keys, mediatypes, rules            pure decisions (no I/O, time passed in)
-    config, schemas                    settings + rules loading and validation
-    signing, audit, sources            the edges: boto3, log lines, rules files/S3
-    protocols/, adapters/, app         HTTP: wire formats, Lambda + WSGI, routing
-    cli                                ``broker check | explain | serve | hash-key``
+    errors.py        the exception tree (drawn in its docstring), each HTTP error with its status
+    models.py        frozen values: Rule, Client, RuleSet, UploadRequest, Decision, Grant, SignedPost
+    logs.py          log_event: operational JSON lines on stderr (never the audit log)
+    timefmt.py       iso_z: the one ISO 8601 UTC formatter, and its parser
+    fast/            speed twins, each naming its slow twin (proven equal in tests/fast/)
+      schema.py        compiled yes/no JSON Schema check (twin: jsonschema)
+      yamlload.py      PyYAML's safe loader, plain values built directly (twin: yaml.CSafeLoader)
+      jsontext.py      orjson text for responses and audit lines (twin: json.dumps)
+      limits.py        is a rules document within size limits (twin: config.loader._oversized)
+      ids.py           uuid4 hex ids (twin: uuid.uuid4().hex)
+      filenames.py     ASCII filename screening (twin: core.keys.screen_unicode)
+    core/            PURE decisions: no I/O, no boto3, ``now`` and random ids passed in
+      rules.py         identify a client, evaluate one request through a table of checks
+      keys.py          key templates, server-random names, filename screening and slugs
+      mediatypes.py    content types and the extensions each may carry
+      sizes.py         parse_size ('5 MiB' in) and human_size ('5 MiB' out)
+      grants.py        grant tokens (HMAC) and the keys each rule can produce
+      multipart.py     a rule's size limit at completion; how many parts a rule can need
+    config/          settings and rules loading, validated once, loudly
+      settings.py      Settings from the environment
+      loader.py        parse (YAML, or JSON for .json), schema, build, run the checks
+      checks.py        the semantic checks: small validate_* functions in three tables
+      schemas.py       the JSON Schemas under schemas/, each compiled once
+      sources.py       rules from a file, text or S3 (through the store); RulesProvider
+    s3/              store access: the ONLY importer of boto3/botocore
+      client.py        the botocore client (and boto3 clients for a local store)
+      store.py         S3Store: every S3 call, botocore errors mapped once
+      post.py          presigned POST forms (Signer); its fast path in fastpost.py
+      fastpost.py      generate_presigned_post with per-bucket work done once (twin: botocore)
+      sigv4.py         signatures for checked Fine Uploader requests
+    audit.py         the audit record (pure) and the sink that fails closed
+    metrics.py       allowed/denied counts as CloudWatch EMF lines
+    web.py           transport-neutral HttpRequest, HttpResponse and Router
+    app.py           Broker: route -> identify -> decide -> sign -> audit -> respond
+    protocols/       wire formats, each turning its requests into UploadRequests
+      native.py        POST /uploads, GET /health
+      common.py        what Fine Uploader and Companion share
+      companion.py     Uppy's Companion protocol (/s3/params, /s3/multipart/*)
+      fineuploader/    Fine Uploader S3 v4: endpoints.py, policy.py, canonical.py
+    adapters/        Lambda events (apigw.py) and WSGI + the servers of broker serve (wsgi.py)
+    service.py       build(settings): a Broker wired to rules, store, audit log and protocols
+    cli.py           broker check | explain | serve | hash-key (+ deploy's commands)
+    deploy/          IAM policy, CORS, SAM template, the Lambda package
+    dev/             make run's SeaweedFS store and runner (left out of the Lambda zip)
+    static/          the upload pages (plain, Fine Uploader, Uppy)
 """
 from __future__ import annotations
 

@@ -12,6 +12,26 @@ import pytest
 
 pytest_plugins = ["tests.stack"]
 
+#: Test tiers as markers (``make test`` runs them all; ``make test-fast`` none of them):
+#: ``store`` needs a real SeaweedFS, ``browser`` a real Chromium, ``soak`` is the reliability
+#: suite (fuzzers, adversarial inputs, faults, load; its sizes scale with RELIABILITY_SCALE).
+STORE_FIXTURES = frozenset({"store", "live", "make_bucket"})
+#: Modules that start SeaweedFS themselves (through ``make run`` or their own ``Store``).
+STARTS_A_STORE = ("tests/dev/test_run_e2e.py", "tests/dev/test_store.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, from the fixtures it uses and where it lives."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())) or path.startswith(STARTS_A_STORE):
+            item.add_marker(pytest.mark.store)
+        if path.startswith("tests/browser/"):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.store)
+        if path.startswith("tests/reliability/"):
+            item.add_marker(pytest.mark.soak)
+
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 28, 14, 49, 31, tzinfo=timezone.utc)
 WEB_KEY = "demo-web-app-key"

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from broker.config import schemas
+from broker.config.schemas import json_path, validator
 from broker.config.checks import CLIENT_CHECKS, RULE_CHECKS, RULESET_CHECKS, Owners, RuleDraft, whole
 from broker.core.sizes import parse_size
 from broker.errors import Problem, RulesError
@@ -156,7 +156,7 @@ def _rule_name_at(doc: Any, parts: list[Any]) -> str | None:
 
 
 def _schema_problems(doc: Any) -> list[Problem]:
-    errors = list(schemas.validator("rules").iter_errors(doc))
+    errors = list(validator("rules").iter_errors(doc))
     # When a property of a rule is invalid, unevaluatedProperties also flags every sibling
     # (they count as "unevaluated"); drop that noise where a real error explains it.
     real = [list(e.absolute_path) for e in errors if e.validator != "unevaluatedProperties"]
@@ -165,7 +165,7 @@ def _schema_problems(doc: Any) -> list[Problem]:
         parts = list(err.absolute_path)
         if err.validator == "unevaluatedProperties" and any(r[:len(parts)] == parts for r in real):
             continue
-        problems.append(Problem(schemas.json_path(parts), _schema_message(err), _rule_name_at(doc, parts)))
+        problems.append(Problem(json_path(parts), _schema_message(err), _rule_name_at(doc, parts)))
     return sorted(problems, key=lambda p: p.path)
 
 

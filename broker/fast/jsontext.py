@@ -1,5 +1,7 @@
 """JSON text for responses and audit lines: orjson's speed, the standard library's output.
 
+Slow twin: ``json.dumps`` with the same options (``tests/fast/test_jsontext.py``).
+
 Encoding the grant response and the audit line with ``json`` costs about a tenth of a whole
 request; orjson writes the same text about ten times faster. It is used only where its text
 means the same as ``json``'s: anything orjson refuses (integers beyond 64 bits, non-string

@@ -1,5 +1,7 @@
 """A compiled yes/no check for the JSON Schema subset the broker's own schemas use.
 
+Slow twin: ``jsonschema.Draft202012Validator(schema).is_valid``.
+
 jsonschema is the authority: it explains *why* a document is invalid, and those are the
 messages the broker shows. But most documents are valid, and proving that needs none of
 it: importing jsonschema costs about 0.1 s of every cold start, checking one upload
@@ -10,8 +12,8 @@ request about 60 µs, and a 1,000-client rules file more than a second.
 same type checks, ``re.search`` patterns, bool-is-not-an-integer equality, ``format`` as an
 annotation only). It returns None for a schema that uses any keyword it does not know,
 and ``accepts`` raises :class:`Undecided` on input it cannot judge exactly. Callers
-(``broker.schemas``) use jsonschema whenever the answer is not a plain True, so a gap here
-costs speed, never correctness. ``tests/test_fastschema.py`` checks the two agree.
+(``broker.config.schemas``) use jsonschema whenever the answer is not a plain True, so a gap here
+costs speed, never correctness. ``tests/fast/test_schema.py`` checks the two agree.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The YAML reader for rules files: PyYAML's safe loader, same meaning, a good deal faster.
 
+Slow twin: ``yaml.CSafeLoader`` (``tests/fast/test_yamlload.py``).
+
 Imported only when a rules file is YAML (JSON rules never need PyYAML).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Loader(_CLoader):  # type: ignore[misc,valid-type]
     Anything else (a cycle, a merge key, an explicit collection tag, a value whose
     constructor raises) is left to PyYAML's constructor, in PyYAML's order: the subtrees
     built ahead are the ones that cannot fail, so every value, every shared object and
-    every error is PyYAML's (``tests/test_config_yaml.py`` compares the two).
+    every error is PyYAML's (``tests/fast/test_yamlload.py`` compares the two).
     """
 
     def __init__(self, stream: Any) -> None:

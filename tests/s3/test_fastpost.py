@@ -17,6 +17,7 @@ from broker.config import Settings
 from broker.models import Grant
 from broker.s3.client import make_s3_client
 from broker.s3.post import Signer, decode_policy
+from tests.fast.twins import assert_twins_agree
 
 FROZEN = datetime(2026, 11, 28, 14, 49, 31)  # botocore's clock is naive UTC
 FIELDS = {"Content-Type": "image/png", "acl": "private", "Cache-Control": "public, max-age=86400",
@@ -91,8 +92,16 @@ def test_signed_fields_equal_boto3(monkeypatch: pytest.MonkeyPatch, frozen: date
     g = grant(bucket)
 
     signed = signer.sign(g, now=frozen.replace(tzinfo=timezone.utc))
-    expected = boto3_client(settings, region).generate_presigned_post(
+    reference = boto3_client(settings, region)
+    expected = reference.generate_presigned_post(
         Bucket=bucket, Key=g.key, Fields=dict(g.fields), Conditions=g.conditions(), ExpiresIn=g.expires_in)
+    assert_twins_agree(  # the fast path and its slow twin, field by field and in order
+        lambda case: list(signer.presigned_post(*case, now=frozen.replace(tzinfo=timezone.utc))["fields"].items()),
+        lambda case: list(reference.generate_presigned_post(Bucket=case[0], Key=case[1], Fields=case[2],
+                                                            Conditions=case[3], ExpiresIn=case[4])["fields"].items()),
+        [(bucket, g.key, dict(g.fields), g.conditions(), g.expires_in),
+         (bucket, g.key.replace(".png", ".jpg"), {"acl": "private"}, [{"acl": "private"}], 1),
+         (bucket, "uploads/${filename}", {}, [], 3600)])
 
     assert signed.url == expected["url"]
     assert list(signed.fields.items()) == list(expected["fields"].items())

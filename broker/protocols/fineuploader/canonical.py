@@ -18,7 +18,7 @@ abort          DELETE  ``uploadId=X``                  none
 =============  ======  ==============================  =====================================
 
 The broker then signs a canonical request it rebuilds itself from the checked parts
-(:mod:`broker.sigv4`), never the client's text.
+(:mod:`broker.s3.sigv4`), never the client's text.
 """
 from __future__ import annotations
 
