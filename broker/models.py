@@ -166,6 +166,15 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One uploaded part of a multipart upload, as the store lists it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
 class SignedPost:
     """Presigned POST form: where to post, the form fields, and when it expires."""
 

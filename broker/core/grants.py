@@ -26,7 +26,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping
 
-from broker.core.keys import parse_template
+from broker.core.keys import PLACEHOLDERS, parse_template
 from broker.timefmt import from_unix, iso_z
 from broker.models import Client, Rule
 
@@ -36,16 +36,6 @@ TOKEN_HEADER = "x-upload-grant"
 MAX_TOKEN_CHARS = 8192
 MIN_SECRET_BYTES = 32
 _DOMAIN = b"upload-broker/grant/v1\n"  # MACs for other purposes can never be confused with these
-
-_PLACEHOLDER_PATTERNS = {
-    "uuid": r"[0-9a-f]{32}",
-    "date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
-    "year": r"[0-9]{4}",
-    "month": r"[0-9]{2}",
-    "day": r"[0-9]{2}",
-    "ext": r"(?:\.[a-z0-9]{1,10})?",
-    "filename": r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
-}
 
 
 class TokenError(ValueError):
@@ -158,7 +148,7 @@ def _key_regex(template: str, client: str, profile: str) -> re.Pattern[str]:
         elif name == "profile":
             parts.append(re.escape(profile))
         else:
-            parts.append(_PLACEHOLDER_PATTERNS[name])
+            parts.append(PLACEHOLDERS[name].pattern or "")
     return re.compile("".join(parts))
 
 

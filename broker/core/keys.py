@@ -7,31 +7,46 @@ grants never share a key and no client can choose or overwrite one.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import re
 import string
 import unicodedata
 from datetime import datetime
+from typing import Callable
 from urllib.parse import quote, unquote
 
 from broker.errors import InvalidRequest
 from broker.fast.filenames import screen_ascii
 from broker.models import Rule
 
-#: Placeholders a key template may use, with the longest value each can take.
-PLACEHOLDERS: dict[str, int] = {
-    "client": 64,
-    "profile": 64,
-    "uuid": 32,
-    "date": 10,
-    "year": 4,
-    "month": 2,
-    "day": 2,
-    "ext": 11,
-    "filename": 128,
+
+@dataclass(frozen=True)
+class Placeholder:
+    """One ``{name}`` a key template may use: how long it can get, what it renders to, how."""
+
+    longest: int  # characters it can add to a key
+    pattern: str | None = None  # a regex for every value it renders (None: the rule's client or profile)
+    render: Callable[[str, datetime, str], str] | None = None  # (random_id, now, filename); None: fixed per rule
+
+
+#: Every placeholder a key template may use; an unknown one is refused when rules load.
+PLACEHOLDERS: dict[str, Placeholder] = {
+    "client": Placeholder(64),
+    "profile": Placeholder(64),
+    "uuid": Placeholder(32, r"[0-9a-f]{32}", lambda random_id, now, filename: random_id),
+    "date": Placeholder(10, r"[0-9]{4}-[0-9]{2}-[0-9]{2}",  # %-formatting: strftime is 10x the cost
+                        lambda random_id, now, filename: "%04d-%02d-%02d" % (now.year, now.month, now.day)),
+    "year": Placeholder(4, r"[0-9]{4}", lambda random_id, now, filename: "%04d" % now.year),
+    "month": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename: "%02d" % now.month),
+    "day": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename: "%02d" % now.day),
+    "ext": Placeholder(11, r"(?:\.[a-z0-9]{1,10})?", lambda random_id, now, filename: extension(filename)),
+    "filename": Placeholder(128, r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
+                            lambda random_id, now, filename: slugify(filename)),
 }
 #: Placeholders that vary per request; everything before the first one is a fixed prefix.
-PER_REQUEST = frozenset({"uuid", "date", "year", "month", "day", "ext", "filename"})
+PER_REQUEST = frozenset(name for name, p in PLACEHOLDERS.items() if p.render is not None)
 
+Renderer = Callable[[str, datetime, str], str]
 MAX_KEY_BYTES = 1024
 MAX_FILENAME_CHARS = 128
 # Characters S3 documents as safe in keys; template literals must stay within them.
@@ -83,7 +98,7 @@ def template_problems(template: str) -> list[str]:
         problems.append("must not contain '..' or '//'")
     if "${" in template:
         problems.append("must not contain '${' (S3 would treat it as ${filename})")
-    longest = len(literals.encode()) + sum(PLACEHOLDERS.get(n, 0) for n in names)
+    longest = len(literals.encode()) + sum(PLACEHOLDERS[n].longest for n in names if n in PLACEHOLDERS)
     if longest > MAX_KEY_BYTES:
         problems.append(f"keys could reach {longest} bytes; S3 allows {MAX_KEY_BYTES}")
     return problems
@@ -189,32 +204,20 @@ def render_key(
         raise ValueError("random_id must be 32 lower-case hex digits (a uuid4().hex)")
     pieces, tail = _key_plan(template, client, profile)
     out = []
-    for literal, name in pieces:
+    for literal, render in pieces:
         out.append(literal)
-        if name == "uuid":
-            out.append(random_id)
-        elif name == "date":
-            out.append("%04d-%02d-%02d" % (now.year, now.month, now.day))  # strftime: 10x the cost
-        elif name == "ext":
-            out.append(extension(filename))
-        elif name == "filename":
-            out.append(slugify(filename))
-        elif name == "year":
-            out.append("%04d" % now.year)
-        elif name == "month":
-            out.append("%02d" % now.month)
-        elif name == "day":
-            out.append("%02d" % now.day)
-        else:
-            raise KeyError(name)  # template_problems refuses such templates when rules load
+        out.append(render(random_id, now, filename))
     out.append(tail)
     return "".join(out)
 
 
 @functools.lru_cache(maxsize=8192)
-def _key_plan(template: str, client: str, profile: str) -> tuple[tuple[tuple[str, str], ...], str]:
-    """A template with ``{client}``/``{profile}`` filled in: (literal, per-request name) pairs + tail."""
-    pieces: list[tuple[str, str]] = []
+def _key_plan(template: str, client: str, profile: str) -> tuple[tuple[tuple[str, Renderer], ...], str]:
+    """A template with ``{client}``/``{profile}`` filled in: (literal, per-request renderer) pairs + tail.
+
+    An unknown placeholder raises ``KeyError`` (``template_problems`` refuses such templates at load).
+    """
+    pieces: list[tuple[str, Renderer]] = []
     literal: list[str] = []
     for text, name in parse_template(template):
         literal.append(text)
@@ -223,7 +226,9 @@ def _key_plan(template: str, client: str, profile: str) -> tuple[tuple[tuple[str
         elif name == "profile":
             literal.append(profile)
         elif name is not None:
-            pieces.append(("".join(literal), name))
+            render = PLACEHOLDERS[name].render
+            assert render is not None
+            pieces.append(("".join(literal), render))
             literal = []
     return tuple(pieces), "".join(literal)
 

@@ -9,22 +9,13 @@ numbers are bounded up front: every part but the last is at least 5 MiB, so a ru
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from broker.models import Check, Decision
 from broker.core.sizes import human_size
 
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10000
-
-
-@dataclass(frozen=True)
-class Part:
-    """One uploaded part as the store lists it."""
-
-    number: int
-    size: int
-    etag: str
 
 
 def max_parts(max_bytes: int) -> int:

@@ -23,6 +23,7 @@ upload id to the key the broker created it for.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidRequest
@@ -88,6 +89,23 @@ def denial(decision: Decision) -> HttpResponse:
     return HttpResponse.json(decision.status, denial_body(decision))
 
 
+def _deny(call: "Call", event: str, decision: Decision, **extra: Any) -> HttpResponse:
+    """Audit a denial, then render it."""
+    call.broker.emit(common.record(call, event=event, decision=decision, **extra))
+    return denial(decision)
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A multipart upload of the calling client, bound to the one rule whose template made its key."""
+
+    ruleset: RuleSet
+    client: Client
+    rule: Rule
+    key: str
+    upload_id: str
+
+
 class Companion:
     """The Companion S3 endpoints; every S3 call goes through the broker's store."""
 
@@ -126,8 +144,7 @@ class Companion:
                                    f"{rule.name} does not allow multipart uploads: files go in one request, "
                                    f"up to {human_size(rule.max_bytes)}", expected=False, actual=True)
         if not decision.allowed or decision.grant is None:
-            call.broker.emit(common.record(call, event="multipart_create", decision=decision, request=request))
-            return denial(decision)
+            return _deny(call, "multipart_create", decision, request=request)
         grant = decision.grant
         store = call.broker.store
         upload_id = store.create_multipart(grant)
@@ -136,8 +153,8 @@ class Companion:
         common.emit_or_undo(call, rec, lambda: store.abort_multipart(grant.bucket, grant.key, upload_id))
         return HttpResponse.json(200, {"key": grant.key, "uploadId": upload_id, "bucket": grant.bucket})
 
-    def _bound(self, call: "Call", event: str) -> tuple[RuleSet, Client, Rule, str, str] | HttpResponse:
-        """The rule that granted ``?key=``, for a multipart upload of this client, or the denial."""
+    def _bound(self, call: "Call", event: str) -> Granted | HttpResponse:
+        """The rule that granted ``?key=``, for a multipart upload of this client, or the (audited) denial."""
         ruleset = call.ruleset()
         client = call.client(ruleset)
         key = call.request.query_one("key")
@@ -159,12 +176,11 @@ class Companion:
             problem = common.deny(client.id, matches[0].name, Check.MULTIPART_NOT_ALLOWED,
                                   f"{matches[0].name} does not allow multipart uploads")
         if problem is not None:
-            call.broker.emit(common.record(call, event=event, decision=problem, key=key[:1024], upload_id=upload_id))
-            return denial(problem)
-        return ruleset, client, matches[0], key, upload_id
+            return _deny(call, event, problem, key=key[:1024], upload_id=upload_id)
+        return Granted(ruleset, client, matches[0], key, upload_id)
 
-    def _part_url(self, call: "Call", ruleset: RuleSet, rule: Rule, key: str, upload_id: str,
-                  number: str) -> tuple[str, int] | Decision:
+    def _part_url(self, call: "Call", upload: Granted, number: str) -> tuple[str, int] | Decision:
+        rule = upload.rule
         if not _PART.match(number) or int(number) > MAX_PARTS:
             raise InvalidRequest(f"part number {number[:20]} is not 1..{MAX_PARTS}", path="$.path.partNumber")
         limit = max_parts(rule.max_bytes)
@@ -172,69 +188,62 @@ class Companion:
             return common.deny(rule.client, rule.name, Check.TOO_LARGE,
                                f"part {number} is beyond the {limit} parts of 5 MiB that {rule.name}'s limit of "
                                f"{human_size(rule.max_bytes)} can need", expected=rule.max_bytes, actual=None)
-        seconds = common.lifetime(call, ruleset, rule, key)
-        url = call.broker.store.part_url(rule.bucket, key, upload_id, int(number), seconds)
+        seconds = common.lifetime(call, upload.ruleset, rule, upload.key)
+        url = call.broker.store.part_url(rule.bucket, upload.key, upload.upload_id, int(number), seconds)
         return url, seconds
 
     def sign_part(self, call: "Call") -> HttpResponse:
         """A presigned URL for one part of a granted upload."""
-        bound = self._bound(call, "multipart_sign_part")
-        if isinstance(bound, HttpResponse):
-            return bound
-        ruleset, _client, rule, key, upload_id = bound
+        up = self._bound(call, "multipart_sign_part")
+        if isinstance(up, HttpResponse):
+            return up
         number = call.request.path_params.get("partNumber", "")
-        signed = self._part_url(call, ruleset, rule, key, upload_id, number)
+        signed = self._part_url(call, up, number)
         if isinstance(signed, Decision):
-            call.broker.emit(common.record(call, event="multipart_sign_part", decision=signed, key=key,
-                                           upload_id=upload_id))
-            return denial(signed)
+            return _deny(call, "multipart_sign_part", signed, key=up.key, upload_id=up.upload_id)
         url, seconds = signed
-        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=rule, key=key,
-                                               upload_id=upload_id, part_number=int(number),
+        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=up.rule, key=up.key,
+                                               upload_id=up.upload_id, part_number=int(number),
                                                expires_at=common.expiry(call, seconds)))
         return HttpResponse.json(200, {"url": url, "expires": seconds})
 
     def sign_batch(self, call: "Call") -> HttpResponse:
         """Presigned URLs for several parts (``?partNumbers=1,2,3``)."""
-        bound = self._bound(call, "multipart_sign_part")
-        if isinstance(bound, HttpResponse):
-            return bound
-        ruleset, _client, rule, key, upload_id = bound
+        up = self._bound(call, "multipart_sign_part")
+        if isinstance(up, HttpResponse):
+            return up
         numbers = [n.strip() for n in (call.request.query_one("partNumbers") or "").split(",") if n.strip()]
         if not numbers or len(numbers) > 1000:
             raise InvalidRequest("partNumbers must list 1 to 1000 part numbers", path="$.query.partNumbers")
         urls: dict[str, str] = {}
         seconds = 0
         for number in numbers:
-            signed = self._part_url(call, ruleset, rule, key, upload_id, number)
+            signed = self._part_url(call, up, number)
             if isinstance(signed, Decision):
-                call.broker.emit(common.record(call, event="multipart_sign_part", decision=signed, key=key,
-                                               upload_id=upload_id))
-                return denial(signed)
+                return _deny(call, "multipart_sign_part", signed, key=up.key, upload_id=up.upload_id)
             urls[number], seconds = signed
-        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=rule, key=key,
-                                               upload_id=upload_id, part_number=int(numbers[0]),
+        call.broker.emit(common.allowed_record(call, event="multipart_sign_part", rule=up.rule, key=up.key,
+                                               upload_id=up.upload_id, part_number=int(numbers[0]),
                                                actual=[int(n) for n in numbers],
                                                expires_at=common.expiry(call, seconds)))
         return HttpResponse.json(200, {"presignedUrls": urls})
 
     def list(self, call: "Call") -> HttpResponse:
         """The parts the store holds for a granted upload."""
-        bound = self._bound(call, "multipart_list")
-        if isinstance(bound, HttpResponse):
-            return bound
-        _ruleset, _client, rule, key, upload_id = bound
-        parts = call.broker.store.list_parts(rule.bucket, key, upload_id)
-        call.broker.emit(common.allowed_record(call, event="multipart_list", rule=rule, key=key,
-                                               upload_id=upload_id, size=sum(p.size for p in parts)))
+        up = self._bound(call, "multipart_list")
+        if isinstance(up, HttpResponse):
+            return up
+        parts = call.broker.store.list_parts(up.rule.bucket, up.key, up.upload_id)
+        call.broker.emit(common.allowed_record(call, event="multipart_list", rule=up.rule, key=up.key,
+                                               upload_id=up.upload_id, size=sum(p.size for p in parts)))
         return HttpResponse.json(200, [{"PartNumber": p.number, "Size": p.size, "ETag": p.etag} for p in parts])
 
     def complete(self, call: "Call") -> HttpResponse:
         """Complete a granted upload if its parts fit the rule; otherwise abort it."""
-        bound = self._bound(call, "multipart_complete")
-        if isinstance(bound, HttpResponse):
-            return bound
-        _ruleset, client, rule, key, upload_id = bound
+        up = self._bound(call, "multipart_complete")
+        if isinstance(up, HttpResponse):
+            return up
+        client, rule, key, upload_id = up.client, up.rule, up.key, up.upload_id
         wanted = _parts_body(call.request.json(call.broker.max_body_bytes))
         store = call.broker.store
         stored = {p.number: p for p in store.list_parts(rule.bucket, key, upload_id)}
@@ -250,9 +259,7 @@ class Companion:
         if not verdict.allowed:
             store.abort_multipart(rule.bucket, key, upload_id)
             verdict = with_outcome(verdict, "the upload was aborted and nothing is stored")
-            call.broker.emit(common.record(call, event="multipart_complete", decision=verdict, key=key,
-                                           upload_id=upload_id, size=uploaded))
-            return denial(verdict)
+            return _deny(call, "multipart_complete", verdict, key=key, upload_id=upload_id, size=uploaded)
         store.complete_multipart(rule.bucket, key, upload_id,
                                  [{"PartNumber": n, "ETag": stored[n].etag} for n, _ in wanted])
         rec = common.allowed_record(call, event="multipart_complete", rule=rule, key=key, upload_id=upload_id,
@@ -264,13 +271,12 @@ class Companion:
 
     def abort(self, call: "Call") -> HttpResponse:
         """Abort a granted upload; its parts are deleted."""
-        bound = self._bound(call, "multipart_abort")
-        if isinstance(bound, HttpResponse):
-            return bound
-        _ruleset, _client, rule, key, upload_id = bound
-        call.broker.store.abort_multipart(rule.bucket, key, upload_id)
-        call.broker.emit(common.allowed_record(call, event="multipart_abort", rule=rule, key=key,
-                                               upload_id=upload_id))
+        up = self._bound(call, "multipart_abort")
+        if isinstance(up, HttpResponse):
+            return up
+        call.broker.store.abort_multipart(up.rule.bucket, up.key, up.upload_id)
+        call.broker.emit(common.allowed_record(call, event="multipart_abort", rule=up.rule, key=up.key,
+                                               upload_id=up.upload_id))
         return HttpResponse.json(200, {})
 
 

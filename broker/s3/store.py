@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from broker.core.multipart import MAX_PARTS, Part
 from broker.errors import BrokerError, InvalidRequest, StoreUnavailable, UploadNotFound
-from broker.models import Grant, SignedPost
+from broker.models import Grant, Part, SignedPost
 from broker.s3.client import credentials_expiry as client_credentials_expiry
 from broker.s3.post import Signer
 
@@ -96,6 +95,8 @@ class S3Store:
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
         """Every part the store holds for the upload (all pages)."""
+        from broker.core.multipart import MAX_PARTS  # here: a cold start serving POST /uploads needs none of it
+
         parts: list[Part] = []
         marker = 0
         while True:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import pytest
 from hypothesis import given, strategies as st
@@ -107,3 +108,19 @@ def test_slugify_shortcut_agrees_with_the_steps() -> None:
     names += ["a" * 128, "a" * 129, "photo.final.png", "my-file_v2.tar.gz", "-x", "x.", "a--b", "a..b"]
     for name in names:
         assert keys.slugify(name) == keys._slug_steps(name), name
+
+
+@given(st.text(max_size=80), st.datetimes())
+def test_every_placeholder_renders_what_its_pattern_matches(filename: str, now: datetime) -> None:
+    """The one table drives both rendering keys and recognising them (``grants.rules_for_key``)."""
+    try:
+        checked = keys.check_filename(filename)
+    except InvalidRequest:
+        return
+    for name, placeholder in keys.PLACEHOLDERS.items():
+        if placeholder.render is None:
+            assert placeholder.pattern is None and name not in keys.PER_REQUEST
+            continue
+        value = placeholder.render("0123456789abcdef0123456789abcdef", now, checked)
+        assert re.fullmatch(placeholder.pattern or "", value), (name, value)
+        assert len(value) <= placeholder.longest, (name, value)

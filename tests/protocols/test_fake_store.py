@@ -11,9 +11,8 @@ from typing import Any
 
 from broker.audit import AuditLog
 from broker.config.sources import RulesProvider, StaticSource
-from broker.core.multipart import Part
 from broker.errors import StoreUnavailable
-from broker.models import Grant
+from broker.models import Grant, Part
 from broker.service import assemble
 from tests.conftest import NOW, Ids, audit_lines
 from tests.protocols.conftest import call

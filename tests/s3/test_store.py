@@ -118,3 +118,4 @@ def test_every_page_of_parts_is_listed() -> None:
     parts = S3Store(stub).list_parts("b", "k", "u")
     assert [(p.number, p.size, p.etag) for p in parts] == [(1, 5, '"a"'), (2, 3, '"b"')]
     assert stub.calls == [0, 1]
+
