@@ -83,6 +83,7 @@ class Broker:
         new_id: Callable[[], str] = new_random_id,
         max_body_bytes: int = 64 * 1024,
         grant_secret: bytes | None = None,
+        events_token: str | None = None,
     ) -> None:
         self.rules = rules_provider
         self.store = store  # every S3 call: signing forms and part URLs, multipart, head, delete
@@ -93,6 +94,18 @@ class Broker:
         # MACs Fine Uploader grant tokens (broker.core.grants); without one, a random one per process
         self.grant_secret = grant_secret or _random_grant_secret()
         self.router = Router()  # empty: broker.service adds every protocol's routes
+        self.body_limits: dict[str, int] = {}  # paths that take larger bodies than max_body_bytes
+        self.events_token = events_token  # BROKER_EVENTS_TOKEN: the store's events may be posted here
+        self._verifier: Any = None
+
+    @property
+    def verifier(self) -> Any:
+        """The :class:`broker.verifier.Verifier` judging stored objects with this broker's rules and store."""
+        if self._verifier is None:
+            from broker.verifier import Verifier  # loaded when first needed: a signer never does
+
+            self._verifier = Verifier(self.rules, self.store, self.audit_log, clock=self.clock)
+        return self._verifier
 
     # ------------------------------------------------------------------ decide, sign, audit
 

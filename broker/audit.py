@@ -10,12 +10,15 @@ import os
 import sys
 import threading
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from broker.errors import AuditUnavailable, BrokerError
 from broker.fast.jsontext import ascii_line
 from broker.models import Decision, RequestContext, SignedPost, UploadRequest
 from broker.timefmt import iso_z
+
+if TYPE_CHECKING:  # the verifier's values; a broker that only signs never loads them
+    from broker.core.verify import Verdict
 
 # Fields the audit log must never see the value of.
 SECRET_CONDITION_FIELDS = frozenset({"x-amz-security-token", "x-amz-credential"})
@@ -76,6 +79,35 @@ def record(
     elif error is not None:
         rec.update(decision="error", status=error.status, error=error.code,
                    reason=error.message[:500], path=error.details.get("path"))
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def verification_record(*, now: datetime, verdict: Verdict, action: str, source: str,
+                        quarantine_key: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+    """The audit record (a plain dict) of one verification: what was checked, what failed, what was done. Pure."""
+    obj, rule = verdict.obj, verdict.rule
+    rec: dict[str, Any] = {
+        "time": iso_z(now, millis=True),
+        "event": "verification",
+        "request_id": request_id,
+        "verdict": "verified" if verdict.verified else "rejected",
+        "source": source,
+        "client": rule.client if rule else None,
+        "profile": rule.name if rule else None,
+        "bucket": obj.bucket,
+        "key": obj.key[:1024],
+        "etag": obj.etag[:80] or None,
+        "size": obj.size,
+        "content_type": (obj.content_type or "")[:256] or None,
+        "sniffed": verdict.sniffed,
+        "action": action,
+        "quarantine_key": quarantine_key,
+    }
+    if verdict.failures:
+        rec["check"] = verdict.failures[0].check.value
+        rec["reason"] = verdict.failures[0].reason[:500]
+        rec["checks"] = [{"check": f.check.value, "reason": f.reason[:500], "expected": f.expected,
+                          "actual": f.actual} for f in verdict.failures[:10]]
     return {k: v for k, v in rec.items() if v is not None}
 
 

@@ -170,6 +170,80 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify one object, or sweep a prefix (or every rule's prefix), and print each verdict."""
+    from broker.config.sources import parse_s3_url
+    from broker.service import build
+
+    targets = [t for t in (args.object, args.prefix) if t]
+    if len(targets) + bool(args.all) != 1:
+        print("broker verify: give one s3://bucket/key, or --prefix s3://bucket/prefix/, or --all",
+              file=sys.stderr)
+        return 2
+    env = {**os.environ, **({"BROKER_RULES": args.rules} if args.rules else {})}
+    try:
+        settings = Settings.from_env(env)
+        broker = build(settings, audit_stream=sys.stderr)  # audit lines never mix with the verdicts
+        broker.rules.current()
+        if args.object:
+            bucket, key = parse_s3_url(args.object)
+            return _print_outcome(broker.verifier.verify_object(bucket, key, source="cli", act=not args.dry_run),
+                                  args, single=True)
+        if args.prefix:
+            bucket, _, prefix = args.prefix[len("s3://"):].partition("/") if args.prefix.startswith("s3://") else ("", "", "")
+            if not bucket:
+                print(f"broker verify: --prefix {args.prefix!r} is not s3://bucket/prefix/", file=sys.stderr)
+                return 2
+            areas = [(bucket, prefix)]
+        else:
+            areas = broker.verifier.prefixes()
+        counts = {"verified": 0, "rejected": 0, "skipped": 0}
+        progress = sys.stderr.isatty() and not args.json
+        for bucket, prefix in areas:
+            for outcome in broker.verifier.sweep(bucket, prefix, act=not args.dry_run, source="cli-sweep"):
+                counts[outcome.status] += 1
+                if outcome.status != "skipped" or args.verbose:
+                    _print_outcome(outcome, args, single=False)
+                if progress:
+                    print(f"\r{sum(counts.values())} checked: {counts['verified']} verified, "
+                          f"{counts['rejected']} rejected, {counts['skipped']} skipped", end="", file=sys.stderr)
+        if progress:
+            print(file=sys.stderr)
+        summary = {"summary": counts, "dry_run": args.dry_run}
+        print(json.dumps(summary) if args.json else
+              f"{sum(counts.values())} objects: {counts['verified']} verified, {counts['rejected']} rejected, "
+              f"{counts['skipped']} skipped (already judged, or in quarantine)")
+        return 1 if counts["rejected"] else 0
+    except BrokerError as exc:
+        print(f"broker verify: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _print_outcome(outcome: Any, args: argparse.Namespace, *, single: bool) -> int:
+    verdict = outcome.verdict
+    rec = {"status": outcome.status, "object": f"s3://{outcome.bucket}/{outcome.key}", "action": outcome.action,
+           "note": outcome.note or None, "quarantine_key": outcome.quarantine_key}
+    if verdict is not None:
+        rec.update(rule=f"{verdict.rule.client}/{verdict.rule.name}" if verdict.rule else None,
+                   sniffed=verdict.sniffed, size=verdict.obj.size, content_type=verdict.obj.content_type,
+                   checks=[{"check": f.check.value, "reason": f.reason, "expected": f.expected, "actual": f.actual}
+                           for f in verdict.failures])
+    if args.json:
+        print(json.dumps({k: v for k, v in rec.items() if v is not None}, default=str))
+    else:
+        line = f"{outcome.status:9} {rec['object']}"
+        if verdict is not None and verdict.failures:
+            line += ": " + "; ".join(f"{f.reason} ({f.check.value})" for f in verdict.failures)
+        elif outcome.note:
+            line += f" ({outcome.note})"
+        if outcome.quarantine_key:
+            line += f" -> moved to s3://{outcome.bucket}/{outcome.quarantine_key}"
+        print(line)
+    if not single:
+        return 0
+    return {"verified": 0, "rejected": 1}.get(outcome.status, 2)
+
+
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -259,6 +333,35 @@ examples:
     p.add_argument("--threads", type=_positive, default=DEFAULT_THREADS, metavar="N",
                    help=f"threads per worker that run requests (default: {DEFAULT_THREADS})")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "verify", help="check stored objects against the rules: tag, or quarantine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Judge stored objects as the verifier does for each new upload: the key must come from one
+rule's template, the size lie in its range, the stored Content-Type be one it allows, the
+bytes be of that type (read from the first 4 KiB: HTML, SVG, scripts and programs never pass
+as another type), and the stored headers and metadata be exactly those the rule sets.
+A verified object is tagged broker-verdict=verified; a rejected one is moved to the rules'
+quarantine_prefix (or deleted, if its rule says on_reject: delete). Each verdict is one audit
+line (to BROKER_AUDIT_FILE, else standard error). Objects already judged are skipped.""",
+        epilog="""\
+exit status:
+  one object: 0 verified, 1 rejected, 2 missing or an error
+  a sweep:    0 nothing rejected, 1 something rejected, 2 an error
+
+examples:
+  broker verify s3://broker-uploads/uploads/web-app/avatars/2026-11-29/<uuid>.png
+  broker verify --prefix s3://broker-uploads/uploads/ --dry-run     # judge, change nothing
+  broker verify --all --json > verdicts.jsonl                        # every rule's prefix""")
+    p.add_argument("object", nargs="?", help="one object, s3://bucket/key")
+    p.add_argument("--prefix", metavar="S3_URL", help="every unjudged object under s3://bucket/prefix/")
+    p.add_argument("--all", action="store_true", help="every unjudged object under every rule's prefix")
+    p.add_argument("--dry-run", action="store_true", help="judge and print, but tag, move and audit nothing")
+    p.add_argument("--rules", help="rules file or s3:// URL (default: $BROKER_RULES)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the objects skipped")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("hash-key", help="make a new API key and its rules.yaml line",
                        description="Print a new random API key and the api_key_sha256 entry for "

@@ -58,6 +58,7 @@ class Rule:
     client_metadata: tuple[str, ...] = ()
     success_action_status: str | None = None
     multipart: bool = False
+    on_reject: str = "quarantine"  # what the verifier does with an object that breaks the rule: or "delete"
     path: str = "$"
 
 
@@ -87,6 +88,7 @@ class RuleSet:
     by_principal: Mapping[str, str]
     source: str = "<memory>"
     digest: str = ""
+    quarantine_prefix: str = "quarantine/"  # where the verifier moves rejected objects, in their bucket
 
     def buckets(self) -> set[str]:
         """Every bucket any rule can write to."""
@@ -172,6 +174,22 @@ class Part:
     number: int
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the store says about one object: what the verifier judges (never the whole body)."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    content_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)  # x-amz-meta-*, names lower-case, no prefix
+    headers: Mapping[str, str] = field(default_factory=dict)  # Cache-Control, Content-Disposition, ... as stored
+    checksum_sha256: str | None = None  # base64, when the store keeps one
+    tags: Mapping[str, str] = field(default_factory=dict)
+    head: bytes = b""  # the first bytes (a ranged read), for sniffing
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ def build(settings: Settings, *, s3_client: Any = None, audit_stream: Any = sys.
     store = S3Store(client(ruleset.region if ruleset else "us-east-1"))
     return assemble(provider, store, AuditLog(stream=audit_stream, path=settings.audit_file),
                     clock=clock, max_body_bytes=settings.max_body_bytes,
-                    grant_secret=settings.grant_secret.encode() if settings.grant_secret else None)
+                    grant_secret=settings.grant_secret.encode() if settings.grant_secret else None,
+                    events_token=settings.events_token)
 
 
 def serve_worker() -> Any:

@@ -31,8 +31,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("broker", "broker.errors", "broker.models", "broker.fast", "broker.timefmt", "broker.logs"),
     ("broker.core",),
     ("broker.config",),
-    ("broker.s3", "broker.audit", "broker.metrics", "broker.web"),
-    ("broker.app",),
+    ("broker.s3", "broker.audit", "broker.metrics", "broker.web", "broker.sniff"),
+    ("broker.app", "broker.verifier"),
     ("broker.protocols", "broker.adapters"),
     ("broker.service", "broker.cli", "broker.__main__", "broker.dev", "broker.deploy", "lambda_handler"),
 ]

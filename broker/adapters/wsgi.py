@@ -86,7 +86,8 @@ class WsgiApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
-            request = to_request(environ, self.broker.max_body_bytes)
+            request = to_request(environ, self.broker.body_limits.get(environ.get("PATH_INFO") or "/",
+                                                                      self.broker.max_body_bytes))
         except PayloadTooLarge as exc:
             response = self._refuse(environ, exc)
         else:

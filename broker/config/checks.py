@@ -146,7 +146,7 @@ CLIENT_CHECKS: tuple[Callable[[Client, Owners], Iterator[Problem]], ...] = (
 # --------------------------------------------------------------------------- rule-set checks
 
 
-def validate_disjoint_prefixes(clients: Mapping[str, Client]) -> Iterator[Problem]:
+def validate_disjoint_prefixes(clients: Mapping[str, Client], quarantine: str) -> Iterator[Problem]:
     """Prefixes of different clients in one bucket where one is a prefix of the other."""
     entries = []
     for client in clients.values():
@@ -173,8 +173,24 @@ def validate_disjoint_prefixes(clients: Mapping[str, Client]) -> Iterator[Proble
                 )
 
 
-RULESET_CHECKS: tuple[Callable[[Mapping[str, Client]], Iterator[Problem]], ...] = (
-    validate_disjoint_prefixes,
+def validate_quarantine_apart(clients: Mapping[str, Client], quarantine: str) -> Iterator[Problem]:
+    """No rule's keys and the quarantine prefix overlap (the verifier skips what lies in quarantine)."""
+    for client in clients.values():
+        for rule in client.rules.values():
+            try:
+                overlaps = keys.may_start_with(rule, quarantine)
+            except (ValueError, KeyError):
+                continue  # a malformed template is already reported
+            if overlaps:
+                yield Problem("$.quarantine_prefix",
+                              f"quarantine_prefix '{quarantine}' overlaps the keys of client '{client.id}' rule "
+                              f"'{rule.name}' (template '{rule.key_template}'): its uploads could land in the "
+                              "quarantine, where they are never verified; start the template with another fixed "
+                              "prefix such as 'uploads/', or choose another quarantine_prefix")
+
+
+RULESET_CHECKS: tuple[Callable[[Mapping[str, Client], str], Iterator[Problem]], ...] = (
+    validate_disjoint_prefixes, validate_quarantine_apart,
 )
 
 

@@ -245,14 +245,15 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
         for client_check in CLIENT_CHECKS:
             problems.extend(client_check(client, owners))
         clients[cid] = client
+    quarantine = doc.get("quarantine_prefix", "quarantine/")
     for set_check in RULESET_CHECKS:
-        problems.extend(set_check(clients))
+        problems.extend(set_check(clients, quarantine))
     cors = doc.get("cors", {}).get("allowed_origins", [])
     digest = hashlib.sha256(repr(doc).encode()).hexdigest()[:16]
     by_key = {digest_: owner for digest_, (owner, _) in api_keys.items()}
     by_principal = {principal: owner for principal, (owner, _) in principals.items()}
     ruleset = RuleSet(1, bucket, region, max_expires, tuple(cors), clients, by_key, by_principal,
-                      source, digest)
+                      source, digest, quarantine)
     return ruleset, problems
 
 
@@ -280,7 +281,7 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
         encryption=encryption, storage_class=r.get("storage_class"),
         metadata=dict(r.get("metadata", {})), client_metadata=tuple(r.get("client_metadata", ())),
         success_action_status=None if status is None else str(whole(status)),
-        multipart=bool(r.get("multipart", False)), path=path,
+        multipart=bool(r.get("multipart", False)), on_reject=r.get("on_reject", "quarantine"), path=path,
     )
 
 

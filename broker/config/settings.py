@@ -25,6 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     grant_secret: str | None = field(default=None, repr=False)  # BROKER_GRANT_SECRET
+    events_token: str | None = field(default=None, repr=False)  # BROKER_EVENTS_TOKEN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -48,15 +49,17 @@ class Settings:
             max_body_bytes=_number(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, int),
             host=env.get("BROKER_HOST", "127.0.0.1"),
             port=_number(env, "BROKER_PORT", 8000, int),
-            grant_secret=_grant_secret(env),
+            grant_secret=_secret(env, "BROKER_GRANT_SECRET"),
+            events_token=_secret(env, "BROKER_EVENTS_TOKEN"),
         )
 
 
-def _grant_secret(env: Mapping[str, str]) -> str | None:
-    """BROKER_GRANT_SECRET: shared by every instance so each can verify the others' grant tokens."""
-    value = env.get("BROKER_GRANT_SECRET") or None
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret setting: BROKER_GRANT_SECRET (shared by every instance, so each verifies the others'
+    grant tokens) or BROKER_EVENTS_TOKEN (the bearer token the store's event webhook sends)."""
+    value = env.get(name) or None
     if value is not None and len(value.encode()) < 32:
-        raise ConfigError("BROKER_GRANT_SECRET must be at least 32 bytes; make one with: "
+        raise ConfigError(f"{name} must be at least 32 bytes; make one with: "
                           "python -c \"import secrets; print(secrets.token_urlsafe(48))\"")
     return value
 

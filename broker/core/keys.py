@@ -122,6 +122,42 @@ def rule_prefix(rule: Rule) -> str:
     return static_prefix(rule.key_template, client=rule.client, profile=rule.name)
 
 
+def may_start_with(rule: Rule, prefix: str) -> bool:
+    """Whether some key the rule's template can make starts with ``prefix`` (exact for prefixes ending in '/')."""
+    parts: list[tuple[str, str | None]] = []  # (literal, None) or ("", a placeholder's pattern)
+    for literal, name in parse_template(rule.key_template):
+        if literal:
+            parts.append((literal, None))
+        if name in ("client", "profile"):
+            parts.append((rule.client if name == "client" else rule.name, None))
+        elif name is not None:
+            parts.append(("", PLACEHOLDERS[name].pattern if name in PLACEHOLDERS else ".*"))
+
+    def walk(i: int, at: int) -> bool:
+        rest = prefix[at:]
+        if not rest:
+            return True  # the prefix is used up: some keys start with it
+        if i == len(parts):
+            return False
+        literal, pattern = parts[i]
+        if pattern is None:
+            return walk(i + 1, at + len(literal)) if rest.startswith(literal) else literal.startswith(rest)
+        if _begins(pattern, rest):
+            return True  # the prefix ends inside this placeholder's value
+        return any(re.fullmatch(pattern, rest[:n]) and walk(i + 1, at + n) for n in range(len(rest) + 1))
+
+    return walk(0, 0)
+
+
+def _begins(pattern: str, text: str) -> bool:
+    """Whether some value of a placeholder's ``pattern`` may start with ``text``.
+
+    No placeholder's value holds a '/', so for a prefix ending in '/' (as ``quarantine_prefix``
+    must) this is exact: False. For other text it answers True (may), erring on the safe side.
+    """
+    return "/" not in text
+
+
 def screen_unicode(filename: str) -> tuple[str, str | None, bool]:
     """(NFC name, first control/format character or None, whether it has a slash or look-alike).
 

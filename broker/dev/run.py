@@ -15,9 +15,11 @@ import argparse
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -29,6 +31,7 @@ from typing import IO, Any
 from broker.config import DEFAULT_RULES, Settings, load_rules_file
 from broker.core.rules import api_key_hash
 from broker.errors import ConfigError, RulesError
+from broker.logs import log_event
 from broker.models import RuleSet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +190,12 @@ class ConsoleAudit:
 def summarize(rec: Mapping[str, Any]) -> str:
     """``14:49:31 allowed web-app/avatars image/png -> broker-uploads/uploads/...``: one audit record."""
     when = str(rec.get("time", ""))[11:19]
+    if rec.get("event") == "verification":
+        where = f"{rec.get('bucket')}/{rec.get('key')}"
+        if rec.get("verdict") == "verified":
+            return f"{when} verified {where} ({rec.get('sniffed')})"
+        moved = f" -> {rec['quarantine_key']}" if rec.get("quarantine_key") else f" ({rec.get('action')})"
+        return f"{when} REJECTED {where}: {rec.get('reason', '')} [{rec.get('check')}]{moved}"
     decision = rec.get("decision", "?")
     who = f"{rec['client']}/{rec.get('profile') or '-'} " if rec.get("client") else ""
     if decision == "allowed":
@@ -205,6 +214,8 @@ def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
         f"  S3 store      {endpoint}   (SeaweedFS, data in {plan_.data_dir / 'store'})",
         f"  buckets       {', '.join(buckets)}   (CORS: {', '.join(plan_.cors_origins())})",
         f"  audit log     {s.audit_file}",
+        f"  verifier      every new object is checked (store events -> {plan_.page_url}events/seaweedfs,",
+        f"                and a sweep every {SWEEP_SECONDS:g} s); rejected ones move to {plan_.ruleset.quarantine_prefix}",
         "",
         "  Ask for an upload form:",
         "",
@@ -231,6 +242,47 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+#: How often make run looks for objects the store's events missed (SeaweedFS tries each event once).
+SWEEP_SECONDS = 15.0
+
+
+def webhook_for(plan_: RunPlan, token: str) -> Any:
+    """SeaweedFS's webhook: objects created under a rule's prefix are posted to the broker's verifier."""
+    from broker.core.keys import rule_prefix
+    from broker.dev.store import Webhook
+
+    host = "127.0.0.1" if plan_.settings.host in ("0.0.0.0", "") else plan_.settings.host
+    prefixes = sorted({f"/buckets/{r.bucket}/{rule_prefix(r)}" for c in plan_.ruleset.clients.values()
+                       for r in c.rules.values()})
+    return Webhook(f"http://{host}:{plan_.settings.port}/events/seaweedfs", token, tuple(prefixes))
+
+
+class Sweeper:
+    """A thread verifying, every ``seconds``, the objects under the rules' prefixes that have no verdict yet."""
+
+    def __init__(self, verifier: Any, seconds: float) -> None:
+        self._verifier = verifier
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="verifier-sweep", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._seconds):
+            try:
+                for bucket, prefix in self._verifier.prefixes():
+                    for _ in self._verifier.sweep(bucket, prefix):
+                        if self._stop.is_set():
+                            return
+            except Exception as exc:  # noqa: BLE001 - a store hiccup: the next sweep tries again
+                log_event("verifier_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        """Stop after the object being judged."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
     """Start the store, buckets and broker; serve until a signal; stop what was started."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
@@ -242,7 +294,8 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
         check_broker_port(plan_.settings)
         try:
             config = StoreConfig.from_env(plan_.data_dir / "store")
-            store = Store(config, allowed_origins=plan_.cors_origins())
+            events_token = secrets.token_urlsafe(32)
+            store = Store(config, allowed_origins=plan_.cors_origins(), webhook=webhook_for(plan_, events_token))
             print(f"starting the store (SeaweedFS) on {config.endpoint_url} ...", file=out, flush=True)
             stack.callback(store.stop)
             store.start(timeout=30)
@@ -251,7 +304,7 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
                 store.ensure_bucket(bucket, upload_cors_rules(plan_.cors_origins()))
         except StoreError as exc:
             raise RunError(str(exc)) from None
-        settings = replace(plan_.settings, s3_endpoint_url=store.endpoint_url)
+        settings = replace(plan_.settings, s3_endpoint_url=store.endpoint_url, events_token=events_token)
         broker = build(settings, s3_client=store.s3_client(), audit_stream=ConsoleAudit(out))
         try:
             server = ServerThread(WsgiApp(broker), settings.host, settings.port)
@@ -259,6 +312,8 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
             raise RunError(f"port {settings.port} (the broker) on {settings.host}: {exc.strerror}; "
                            f"choose another port: BROKER_PORT={settings.port + 1} make run") from None
         stack.callback(server.close)
+        sweeper = Sweeper(broker.verifier, SWEEP_SECONDS)
+        stack.callback(sweeper.stop)
         print(banner(plan_, store.endpoint_url, buckets), file=out, flush=True)
         while store.running:
             time.sleep(0.5)

@@ -310,6 +310,39 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """Where SeaweedFS posts each object it creates (its ``[notification.webhook]``), and with what token.
+
+    SeaweedFS 4.48 reads ``notification.toml`` from its working directory (the data dir). It
+    tries each event once: one the receiver misses is not sent again, so ``make run`` also
+    sweeps for objects without a verdict.
+    """
+
+    endpoint: str
+    bearer_token: str
+    path_prefixes: tuple[str, ...] = ("/buckets/",)
+
+    def toml(self) -> str:
+        """The notification.toml text."""
+        prefixes = ", ".join(json.dumps(p) for p in self.path_prefixes)
+        return (
+            "# Written by the broker's make run: every object created goes to the broker's verifier.\n"
+            "[notification.webhook]\n"
+            "enabled = true\n"
+            f"endpoint = {json.dumps(self.endpoint)}\n"
+            f"bearer_token = {json.dumps(self.bearer_token)}\n"
+            "timeout_seconds = 30\n"
+            "workers = 2\n"
+            "buffer_size = 10000\n"
+            'event_types = ["create"]\n'
+            f"path_prefixes = [{prefixes}]\n"
+        )
+
+
+NOTIFICATION_FILE = "notification.toml"
+
+
 class Store:
     """A running (or startable) SeaweedFS ``weed mini`` process serving S3 on config.s3_port."""
 
@@ -319,8 +352,10 @@ class Store:
         *,
         allowed_origins: Sequence[str] | None = None,
         weed_binary: str | os.PathLike[str] | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         self.config = config
+        self.webhook = webhook
         #: Server-wide CORS origins, used only for buckets without their own CORS configuration.
         self.allowed_origins: list[str] = list(allowed_origins) if allowed_origins else ["*"]
         self._weed_binary = Path(weed_binary) if weed_binary is not None else None
@@ -414,6 +449,11 @@ class Store:
             ]
         }
         _write_private(self.identities_path, json.dumps(identities, indent=2) + "\n")
+        notification = c.data_dir / NOTIFICATION_FILE  # read from weed's working directory
+        if self.webhook is not None:
+            _write_private(notification, self.webhook.toml())
+        else:
+            notification.unlink(missing_ok=True)
         # The child keeps its own copy of the log descriptor; ours is closed at once.
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
@@ -508,6 +548,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "Webhook",
     "ensure_bucket",
     "find_weed",
     "pick_free_ports",

@@ -3,6 +3,7 @@
 - ``native``: ``POST /uploads`` (the broker's own JSON API, see ``schemas/openapi.yaml``)
 - ``fineuploader``: Fine Uploader S3's v4 signature and upload-success endpoints (``/fineuploader/*``)
 - ``companion``: Uppy AwsS3's Companion protocol (``/s3/params``, ``/s3/multipart/*``)
+- ``verification``: SeaweedFS's object events in, verdicts out (``/events/seaweedfs``, ``/uploads/verdict``)
 
 ``native`` registers its routes itself. The other two are listed in :data:`ROUTES` and their
 modules (with the SigV4 and policy checkers behind them, ~30 ms of imports) are loaded on
@@ -36,13 +37,22 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
         ("POST", "/s3/multipart/{uploadId}/complete"),
         ("DELETE", "/s3/multipart/{uploadId}"),
     ),
+    "verification": (
+        ("POST", "/events/seaweedfs"),
+        ("GET", "/uploads/verdict"),
+    ),
 }
+
+
+#: Routes whose requests may be larger than ``BROKER_MAX_BODY_BYTES`` (a filer event lists every chunk).
+BODY_LIMITS = {"/events/seaweedfs": 4 * 1024 * 1024}
 
 
 def register_all(broker: "Broker") -> None:
     """Add every protocol's routes to the broker."""
     from broker.protocols import native
 
+    broker.body_limits.update(BODY_LIMITS)
     native.register(broker)
     for name, routes in ROUTES.items():
         module = _OnFirstUse(broker, name)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import quote
 
 from broker.errors import BrokerError, InvalidRequest, StoreUnavailable, UploadNotFound
-from broker.models import Grant, Part, SignedPost
+from broker.models import Grant, Part, SignedPost, StoredObject
 from broker.s3.client import credentials_expiry as client_credentials_expiry
 from broker.s3.post import Signer
 
@@ -23,6 +24,12 @@ _OBJECT_PARAMS = {
     "Content-Type": "ContentType", "acl": "ACL", "Cache-Control": "CacheControl",
     "Content-Disposition": "ContentDisposition", "x-amz-server-side-encryption": "ServerSideEncryption",
     "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId", "x-amz-storage-class": "StorageClass",
+}
+#: HeadObject's answer field -> the header name it stands for (what the verifier checks).
+_STORED_HEADERS = {
+    "CacheControl": "Cache-Control", "ContentDisposition": "Content-Disposition",
+    "ContentEncoding": "Content-Encoding", "ContentLanguage": "Content-Language", "Expires": "Expires",
+    "WebsiteRedirectLocation": "x-amz-website-redirect-location",
 }
 _MISSING_UPLOAD = ("NoSuchUpload", "NoSuchKey", "404")
 _MISSING_OBJECT = ("404", "NoSuchKey", "NotFound")
@@ -155,6 +162,80 @@ class S3Store:
             return Fetched(None, out.get("ETag"), length)
         body = out["Body"].read(max_bytes + 1)
         return Fetched(body, out.get("ETag"), len(body))
+
+    def inspect(self, bucket: str, key: str, *, head_bytes: int) -> StoredObject | None:
+        """What the verifier judges: headers, metadata, checksum, tags and the first ``head_bytes``.
+
+        Three reads (HEAD, a ranged GET, the tags), never the whole object; None if it is gone.
+        """
+        out = self._call("head_object", "read the object", {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"},
+                         expect={code: None for code in _MISSING_OBJECT})
+        if out is None:
+            return None
+        size = int(out.get("ContentLength", 0))
+        etag = str(out.get("ETag", ""))
+        head = b""
+        if size > 0 and head_bytes > 0:
+            # IfMatch: the bytes judged are the bytes of the object whose headers were read
+            got = self._call("get_object", "read the object's first bytes", {
+                "Bucket": bucket, "Key": key, "Range": f"bytes=0-{head_bytes - 1}", "IfMatch": etag},
+                expect={code: None for code in (*_MISSING_OBJECT, "PreconditionFailed", "412", "InvalidRange")})
+            if got is None:
+                return None
+            head = got["Body"].read(head_bytes)
+        tags = self._call("get_object_tagging", "read the object's tags", {"Bucket": bucket, "Key": key},
+                          expect={code: None for code in _MISSING_OBJECT})
+        if tags is None:
+            return None
+        headers = {name: str(out[field]) for field, name in _STORED_HEADERS.items() if out.get(field)}
+        return StoredObject(
+            bucket=bucket, key=key, size=size, etag=etag, content_type=out.get("ContentType"),
+            metadata={str(k).lower(): str(v) for k, v in (out.get("Metadata") or {}).items()},
+            headers=headers, checksum_sha256=out.get("ChecksumSHA256"),
+            tags={t["Key"]: t["Value"] for t in tags.get("TagSet", [])}, head=head)
+
+    def tag(self, bucket: str, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the object's tags."""
+        self._call("put_object_tagging", "tag the object", {
+            "Bucket": bucket, "Key": key,
+            "Tagging": {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}})
+
+    def move(self, bucket: str, key: str, to_key: str, *, etag: str, tags: Mapping[str, str]) -> bool:
+        """Copy the object (if it still has ``etag``) to ``to_key`` as an attachment with ``tags``, then delete it.
+
+        False when the object changed or went meanwhile (nothing is moved then).
+        """
+        out = self._call("head_object", "read the object", {"Bucket": bucket, "Key": key},
+                         expect={code: None for code in _MISSING_OBJECT})
+        if out is None or str(out.get("ETag", "")) != etag:
+            return False
+        params: dict[str, Any] = {
+            "Bucket": bucket, "Key": to_key, "CopySource": {"Bucket": bucket, "Key": key}, "CopySourceIfMatch": etag,
+            "MetadataDirective": "REPLACE", "Metadata": dict(out.get("Metadata") or {}),
+            "ContentType": out.get("ContentType") or "application/octet-stream", "ContentDisposition": "attachment",
+            "TaggingDirective": "REPLACE", "Tagging": "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
+                                                               for k, v in tags.items())}
+        copied = self._call("copy_object", "copy the object to quarantine", params,
+                            expect={"PreconditionFailed": None, "412": None, 412: None, **{
+                                code: None for code in _MISSING_OBJECT}})
+        if copied is None:
+            return False
+        self.delete(bucket, key)
+        return True
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every (key, size) under ``prefix``, page by page."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = self._call("list_objects_v2", "list the objects", params)
+            for item in page.get("Contents", []):
+                yield str(item["Key"]), int(item.get("Size", 0))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     # ------------------------------------------------------------------ buckets
 

@@ -1,0 +1,103 @@
+"""What the verifier hears and says over HTTP.
+
+- ``POST /events/seaweedfs``: SeaweedFS's ``[notification.webhook]`` posts each filer event here
+  (``Authorization: Bearer $BROKER_EVENTS_TOKEN``); every object created under a bucket is
+  verified at once (:mod:`broker.verifier`). Without a token configured the route does not exist.
+- ``GET /uploads/verdict?key=``: the verdict on one of the caller's own keys: ``verified``,
+  ``pending`` (not judged yet), ``rejected`` (with the failed check, as its quarantined copy's
+  tags keep it) or ``missing``. The upload page asks it after each upload.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from broker.core.grants import rules_for_key
+from broker.core.verify import describe
+from broker.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthenticated
+from broker.protocols import BODY_LIMITS
+from broker.verifier import ACTUAL_TAG, CHECK_TAG, EXPECTED_TAG, VERDICT_TAG
+from broker.web import HttpResponse
+
+if TYPE_CHECKING:
+    from broker.app import Broker, Call
+
+PROTOCOL = "verification"
+#: A filer event for an object of many chunks is far larger than an upload request.
+MAX_EVENT_BYTES = BODY_LIMITS["/events/seaweedfs"]
+_IGNORED_DIRS = ("/.uploads/", "/.system/")
+
+
+def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
+    """The handler of each route (the routes: ``broker.protocols.ROUTES``)."""
+    return {("POST", "/events/seaweedfs"): seaweedfs_event, ("GET", "/uploads/verdict"): verdict}
+
+
+def object_of_event(event: Any) -> tuple[str, str, str | None] | None:
+    """(bucket, key, etag) of a SeaweedFS filer event that created an object, else None. Pure."""
+    if not isinstance(event, dict) or event.get("event_type") != "create":
+        return None
+    message = event.get("message")
+    entry = message.get("new_entry") if isinstance(message, dict) else None
+    path = event.get("key")
+    if not isinstance(entry, dict) or entry.get("is_directory") or not isinstance(path, str):
+        return None
+    if not path.startswith("/buckets/") or any(d in path for d in _IGNORED_DIRS):
+        return None
+    bucket, _, key = path[len("/buckets/"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        return None
+    return bucket, key, None
+
+
+def seaweedfs_event(call: "Call") -> HttpResponse:
+    """Verify the object a SeaweedFS filer event created (other events: 200, nothing done)."""
+    token = call.broker.events_token
+    if not token:
+        raise NotFound(f"no such endpoint: {call.request.path}")
+    sent = call.request.header("authorization") or ""
+    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        raise Unauthenticated("the event's bearer token is not this broker's BROKER_EVENTS_TOKEN")
+    if len(call.request.body) > MAX_EVENT_BYTES:
+        raise PayloadTooLarge(f"the event is {len(call.request.body)} bytes; the limit is {MAX_EVENT_BYTES}")
+    try:
+        event = json.loads(call.request.body or b"null")
+    except ValueError:
+        raise InvalidRequest("the event is not JSON", path="$") from None
+    found = object_of_event(event)
+    if found is None:
+        return HttpResponse.json(200, {"status": "ignored"})
+    bucket, key, etag = found
+    outcome = call.broker.verifier.verify_object(bucket, key, etag=etag, source="seaweedfs-webhook",
+                                                  request_id=call.context.request_id)
+    return HttpResponse.json(200, {"status": outcome.status, "key": key, "action": outcome.action,
+                                   "note": outcome.note or None})
+
+
+def verdict(call: "Call") -> HttpResponse:
+    """The verdict on one of the caller's keys."""
+    ruleset = call.ruleset()
+    client = call.client(ruleset)
+    key = call.request.query_one("key")
+    if not key:
+        raise InvalidRequest("the query needs the object key: ?key=", path="$.query.key")
+    rules = rules_for_key(client, key)
+    if len(rules) != 1:
+        raise NotFound(f"{key[:200]} is not a key the broker grants to {client.id}")
+    rule = rules[0]
+    store = call.broker.store
+    obj = store.inspect(rule.bucket, key, head_bytes=0)
+    if obj is not None:
+        status = obj.tags.get(VERDICT_TAG) or "pending"
+        return HttpResponse.json(200, {"key": key, "status": status,
+                                       "message": {"verified": "verified", "pending": "not verified yet"}
+                                       .get(status, status)})
+    moved = store.inspect(rule.bucket, ruleset.quarantine_prefix + key, head_bytes=0)
+    if moved is None or moved.tags.get(VERDICT_TAG) != "rejected":
+        return HttpResponse.json(200, {"key": key, "status": "missing",
+                                       "message": "no such object (not uploaded yet, or deleted)"})
+    tags = moved.tags
+    check, expected, actual = tags.get(CHECK_TAG, ""), tags.get(EXPECTED_TAG), tags.get(ACTUAL_TAG)
+    return HttpResponse.json(200, {"key": key, "status": "rejected", "check": check, "expected": expected,
+                                   "actual": actual, "message": f"rejected: {describe(check, expected, actual)}"})

@@ -1,0 +1,165 @@
+"""The verifier: every object created under a rule's prefix is judged, then marked or quarantined.
+
+Each object is read three times, never whole: HEAD (headers, metadata, checksum), a ranged GET
+of its first :data:`~broker.sniff.SNIFF_BYTES` and its tags. :func:`broker.core.verify.verify`
+judges it. Then, after the audit line (``"event": "verification"``) is written:
+
+- **verified**: the object is tagged ``broker-verdict=verified``. A tag, because downstream code
+  and IAM can both use it: a bucket policy can refuse ``s3:GetObject`` unless
+  ``s3:ExistingObjectTag/broker-verdict`` is ``verified``, so nothing unverified is ever served.
+- **rejected**: per rule (``on_reject``), moved to the quarantine prefix (copied as an
+  attachment with ``broker-verdict=rejected`` and the failed check in its tags, then deleted
+  from its key; a lifecycle rule expires it) or deleted. Never left at its granted key.
+
+Events arrive at least once and in any order: an object already carrying a verdict tag, or
+gone, or under the quarantine prefix is skipped (no second line); within a process, two events
+for one object at once are judged once. A store that fails mid-way raises
+:class:`~broker.errors.StoreUnavailable` with nothing marked: the event is retried, and the
+object is never marked verified without its checks.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator
+
+from broker.audit import AuditLog, verification_record
+from broker.config.sources import RulesProvider
+from broker.core.keys import rule_prefix
+from broker.core.verify import Sniff, Verdict, verify
+from broker.logs import log_event
+from broker.s3.store import S3Store
+from broker.sniff import SNIFF_BYTES, Sniffer
+
+VERDICT_TAG = "broker-verdict"
+CHECK_TAG = "broker-check"
+EXPECTED_TAG = "broker-expected"
+ACTUAL_TAG = "broker-actual"
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
+_RECENT = 4096  # (bucket, key, etag) judged lately, kept to drop duplicate events without a read
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one object: ``verified``, ``rejected``, or ``skipped`` (and why)."""
+
+    status: str
+    bucket: str
+    key: str
+    verdict: Verdict | None = None
+    action: str | None = None
+    quarantine_key: str | None = None
+    note: str = ""
+
+
+class Verifier:
+    """Judges objects against the rules in force and acts on the verdict."""
+
+    def __init__(self, rules: RulesProvider, store: S3Store, audit_log: AuditLog, *,
+                 clock: Callable[[], datetime], sniffer: Sniffer | None = None,
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.rules = rules
+        self.store = store
+        self.audit_log = audit_log
+        self.clock = clock
+        self.sniffer = sniffer or Sniffer()
+        self._emit = emit or audit_log.emit
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._recent: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    def verify_object(self, bucket: str, key: str, *, etag: str | None = None, source: str = "event",
+                      act: bool = True, request_id: str | None = None) -> Outcome:
+        """Judge one object now and (with ``act``) mark or quarantine it; raises StoreUnavailable."""
+        ruleset = self.rules.current()
+        if key.startswith(ruleset.quarantine_prefix):
+            return Outcome("skipped", bucket, key, note="in the quarantine prefix")
+        if etag and (bucket, key, etag.strip('"')) in self._recent:
+            return Outcome("skipped", bucket, key, note="already judged (duplicate event)")
+        with self._lock_for(bucket, key):
+            obj = self.store.inspect(bucket, key, head_bytes=SNIFF_BYTES)
+            if obj is None:
+                log_event("verification_skipped", bucket=bucket, key=key[:1024], source=source,
+                          note="the object is gone")
+                return Outcome("skipped", bucket, key, note="the object is gone")
+            if act and obj.tags.get(VERDICT_TAG):
+                self._remember(obj.bucket, obj.key, obj.etag)
+                return Outcome("skipped", bucket, key, note=f"already {obj.tags[VERDICT_TAG]} (duplicate event)")
+            found = self.sniffer.sniff(obj.head)
+            verdict = verify(ruleset, obj, Sniff(found.mime, found.active, found.markup))
+            if not act:
+                return Outcome("verified" if verdict.verified else "rejected", bucket, key, verdict, "none")
+            return self._act(verdict, ruleset.quarantine_prefix, source, request_id)
+
+    def _act(self, verdict: Verdict, quarantine_prefix: str, source: str, request_id: str | None) -> Outcome:
+        obj = verdict.obj
+        now = self.clock()
+        if verdict.verified:
+            self._emit(verification_record(now=now, verdict=verdict, action="tagged", source=source,
+                                           request_id=request_id))
+            self.store.tag(obj.bucket, obj.key, {**obj.tags, VERDICT_TAG: "verified"})
+            self._remember(obj.bucket, obj.key, obj.etag)
+            return Outcome("verified", obj.bucket, obj.key, verdict, "tagged")
+        if verdict.rule is not None and verdict.rule.on_reject == "delete":
+            self._emit(verification_record(now=now, verdict=verdict, action="deleted", source=source,
+                                           request_id=request_id))
+            self.store.delete(obj.bucket, obj.key)
+            self._remember(obj.bucket, obj.key, obj.etag)
+            return Outcome("rejected", obj.bucket, obj.key, verdict, "deleted")
+        to_key = quarantine_prefix + obj.key
+        self._emit(verification_record(now=now, verdict=verdict, action="quarantined", source=source,
+                                       quarantine_key=to_key, request_id=request_id))
+        failure = verdict.failures[0]
+        tags = {VERDICT_TAG: "rejected", CHECK_TAG: failure.check.value,
+                EXPECTED_TAG: tag_value(failure.expected), ACTUAL_TAG: tag_value(failure.actual)}
+        moved = self.store.move(obj.bucket, obj.key, to_key, etag=obj.etag, tags=tags)
+        self._remember(obj.bucket, obj.key, obj.etag)
+        if not moved:  # replaced or deleted meanwhile: the new object has an event of its own
+            log_event("verification_not_moved", bucket=obj.bucket, key=obj.key[:1024],
+                      note="the object changed before it could be quarantined")
+        return Outcome("rejected", obj.bucket, obj.key, verdict, "quarantined", to_key)
+
+    def sweep(self, bucket: str, prefix: str, *, act: bool = True, source: str = "sweep") -> Iterator[Outcome]:
+        """Judge every object under ``prefix`` that has no verdict yet (missed events, older buckets)."""
+        quarantine = self.rules.current().quarantine_prefix
+        for key, _size in self.store.keys(bucket, prefix):
+            if key.startswith(quarantine):
+                continue
+            yield self.verify_object(bucket, key, source=source, act=act)
+
+    def prefixes(self) -> list[tuple[str, str]]:
+        """(bucket, fixed key prefix) of every rule in force, without prefixes inside others."""
+        found = sorted({(r.bucket, rule_prefix(r)) for c in self.rules.current().clients.values()
+                        for r in c.rules.values()})
+        out: list[tuple[str, str]] = []
+        for bucket, prefix in found:
+            if not any(b == bucket and prefix.startswith(p) for b, p in out):
+                out.append((bucket, prefix))
+        return out
+
+    def _lock_for(self, bucket: str, key: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get((bucket, key))
+            if lock is None:
+                if len(self._locks) > _RECENT:
+                    self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+                lock = self._locks[(bucket, key)] = threading.Lock()
+            return lock
+
+    def _remember(self, bucket: str, key: str, etag: str) -> None:
+        with self._locks_guard:
+            self._recent[(bucket, key, etag.strip('"'))] = key
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+
+
+def tag_value(value: Any) -> str:
+    """``value`` as an S3 tag value: the characters tags allow, at most 256."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else ",".join(map(str, value)) if isinstance(value, (list, tuple)) \
+        else str(value)
+    return _TAG_UNSAFE.sub("_", text)[:256] or "-"
