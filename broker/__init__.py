@@ -21,6 +21,7 @@ cycle (``tests/test_layers.py`` checks it)::
       sizes.py         parse_size ('5 MiB' in) and human_size ('5 MiB' out)
       grants.py        grant tokens (HMAC) and the keys each rule can produce
       multipart.py     a rule's size limit at completion; how many parts a rule can need
+      verify.py        is a stored object what its rule allowed: each failed check named
     config/          settings and rules loading, validated once, loudly
       settings.py      Settings from the environment
       loader.py        parse (YAML, or JSON for .json), schema, build, run the checks
@@ -36,11 +37,15 @@ cycle (``tests/test_layers.py`` checks it)::
     audit.py         the audit record (pure) and the sink that fails closed
     metrics.py       allowed/denied counts as CloudWatch EMF lines
     web.py           transport-neutral HttpRequest, HttpResponse and Router
+    sniff.py         what bytes are: libmagic's database (pure-magic-rs) + a scan for active markup
     app.py           Broker: route -> identify -> decide -> sign -> audit -> respond
+    verifier.py      every stored object judged (core/verify.py), then tagged or quarantined
+    probe.py         broker probe-store: which guarantees the store enforces, which rest on the verifier
     protocols/       wire formats, each turning its requests into UploadRequests
       native.py        POST /uploads, GET /health
       common.py        what Fine Uploader and Companion share
       companion.py     Uppy's Companion protocol (/s3/params, /s3/multipart/*)
+      verification.py  the store's object events in (/events/seaweedfs), verdicts out (/uploads/verdict)
       fineuploader/    Fine Uploader S3 v4: endpoints.py, policy.py, canonical.py
     adapters/        Lambda events (apigw.py) and WSGI + the servers of broker serve (wsgi.py)
     service.py       build(settings): a Broker wired to rules, store, audit log and protocols

@@ -21,6 +21,8 @@ examples:
                  --content-type image/png --size 120000
   broker hash-key                      # a new API key and the line for rules.yaml
   BROKER_AUDIT_FILE=var/audit.jsonl broker serve --port 8000
+  broker verify --all --dry-run        # judge every stored object against the rules
+  broker probe-store                   # which guarantees does this store enforce itself?
 
 settings come from the environment (see README, "Settings"): BROKER_RULES (a path or
 s3://bucket/key), BROKER_AUDIT_FILE, AWS_ENDPOINT_URL_S3, AWS_REGION, ...
@@ -371,8 +373,10 @@ examples:
     p.set_defaults(func=cmd_hash_key)
 
     from broker.deploy import register_cli  # deployment helpers add their own sub-commands
+    from broker.probe import register_cli as register_probe  # broker probe-store
 
     register_cli(sub)
+    register_probe(sub)
     return parser
 
 

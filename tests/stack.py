@@ -113,3 +113,97 @@ def live(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
         yield Live(server.url, store, broker, s3, rules_path, audit_path)
     finally:
         server.close()
+
+
+@dataclass
+class Verifying:
+    """A second local stack whose store posts every new object to the broker's verifier (as make run does)."""
+
+    url: str
+    store: Store
+    broker: Any
+    s3: Any
+    audit_path: Path
+    rules_path: Path
+    bucket: str = "broker-uploads"
+
+    def verifications(self, key: str | None = None) -> list[dict[str, Any]]:
+        """The verification audit lines written so far (for one key, if given)."""
+        lines = [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        return [r for r in lines if r.get("event") == "verification" and (key is None or r.get("key") == key)]
+
+    def wait_for_verdict(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The verification line for ``key``, once the store's event has reached the verifier."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.verifications(key)
+            if found:
+                return found[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"no verification of {key} within {timeout} s; lines: {self.verifications()}")
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored now."""
+        return self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key).get("KeyCount", 0) > 0
+
+    def settled(self, key: str, timeout: float = 10.0) -> bool:
+        """Whether ``key`` is stored, once the verifier is done with it (the line is written before it acts)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.exists(key):
+                return False
+            tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+            if any(t["Key"] == "broker-verdict" for t in tags):
+                return True
+            time.sleep(0.1)
+        return self.exists(key)
+
+
+@pytest.fixture(scope="session")
+def verifying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifying]:
+    """Broker + SeaweedFS with its webhook pointed at the broker; ``videos`` limited to 6 MiB (fast multipart)."""
+    from broker.adapters.wsgi import ServerThread, WsgiApp
+    from broker.config import Settings
+    from broker.dev.store import Webhook
+    from broker.service import build
+
+    work = tmp_path_factory.mktemp("verifying")
+    rules_path, audit_path = work / "rules.yaml", work / "audit.jsonl"
+    doc = write_rules(rules_path, [])
+    for rule in doc["clients"]["web-app"]["rules"]:
+        if rule["name"] == "videos":
+            rule["max_bytes"] = 6 * 1024 * 1024
+    rules_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    token = "e" * 40
+    for attempt in range(3):
+        s3_port, base_port = pick_free_ports()
+        config = StoreConfig.generate(work / f"store-{attempt}", s3_port=s3_port, base_port=base_port)
+        s3 = Store(config).s3_client()
+        settings = Settings(rules=str(rules_path), rules_reload_seconds=0.5, audit_file=str(audit_path),
+                            s3_endpoint_url=config.endpoint_url, s3_addressing_style="path",
+                            grant_secret="g" * 32, events_token=token)
+        broker = build(settings, s3_client=s3, audit_stream=None)
+        server = ServerThread(WsgiApp(broker), "127.0.0.1", 0)
+        running = Store(config, webhook=Webhook(f"{server.url}/events/seaweedfs", token,
+                                                ("/buckets/broker-uploads/",)))
+        try:
+            running.start(timeout=30)
+            break
+        except StoreError as exc:
+            server.close()
+            if "already in use" not in str(exc) or attempt == 2:
+                raise
+    origins = [server.url, server.url.replace("127.0.0.1", "localhost")]
+    doc["cors"]["allowed_origins"].extend(origins)
+    rules_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    broker.rules.refresh()
+    running.ensure_bucket("broker-uploads", upload_cors_rules(doc["cors"]["allowed_origins"]))
+    try:
+        yield Verifying(server.url, running, broker, s3, audit_path, rules_path)
+    finally:
+        server.close()
+        running.stop()

@@ -32,7 +32,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("broker.core",),
     ("broker.config",),
     ("broker.s3", "broker.audit", "broker.metrics", "broker.web", "broker.sniff"),
-    ("broker.app", "broker.verifier"),
+    ("broker.app", "broker.verifier", "broker.probe"),
     ("broker.protocols", "broker.adapters"),
     ("broker.service", "broker.cli", "broker.__main__", "broker.dev", "broker.deploy", "lambda_handler"),
 ]

@@ -159,19 +159,23 @@ def check_bytes(rule: Rule, obj: StoredObject, sniff: Sniff) -> Iterator[Failure
     declared = (obj.content_type or "").split(";")[0].strip().lower()
     if obj.size == 0 or sniff.mime == "application/x-empty":
         return  # nothing to judge; the size check says whether empty is allowed
-    if (sniff.active or sniff.markup) and declared not in rule.content_types:
-        # Active content only where the rule names its type itself: "image/*" never means SVG.
-        what = f" ({sniff.markup} found)" if sniff.markup else ""
-        yield Failure(VerifyCheck.ACTIVE_CONTENT, f"the bytes are {_words(sniff)}, not {declared or 'a declared type'}"
-                      f"{what}; active content needs its type listed by name in {rule.name}'s content_types",
-                      declared or None, sniff.mime)
+    named = declared in rule.content_types  # listed by name, not through a wildcard like image/*
+    if sniff.active or sniff.markup:
+        # Active content passes only as its own type, where the rule names that type itself:
+        # "image/*" never means SVG, and a PNG with a <script inside is a polyglot, not a PNG.
+        own_type = sniff.active and sniff.mime == declared and named
+        if not own_type:
+            found = f" ({sniff.markup} found)" if sniff.markup else ""
+            if sniff.mime != declared:
+                reason = f"the bytes are {_words(sniff)}, not {declared or 'a declared type'}{found}"
+            elif not sniff.active:
+                reason = f"the bytes are {declared} with active markup in them{found}"
+            else:
+                reason = (f"the bytes are {_words(sniff)}, active content {rule.name} allows only if its "
+                          f"content_types name {declared} itself")
+            yield Failure(VerifyCheck.ACTIVE_CONTENT, reason, declared or None, sniff.mime)
         return
     if sniff.mime == declared:
-        return
-    if sniff.active or sniff.markup:
-        what = sniff.markup or sniff.mime
-        yield Failure(VerifyCheck.ACTIVE_CONTENT, f"the bytes are {_words(sniff)}, not {declared or 'a declared type'}"
-                      f"{f' ({what} found)' if sniff.markup else ''}", declared or None, sniff.mime)
         return
     if agrees(declared, sniff.mime):
         return

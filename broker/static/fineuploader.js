@@ -126,7 +126,11 @@
           }
         },
         onComplete: (id, name, response) => {
-          if (response && response.success) show(id, { state: "done", status: "stored" });
+          if (response && response.success) {
+            show(id, { state: "done", status: "stored" });
+            const li = row(id);
+            window.showVerdict(li, li, uploader.getKey(id), apiKey(), { base: BROKER + "/" });
+          }
         },
         onError: (id, name, reason) => {
           if (id !== null && id !== undefined) show(id, { state: "failed", reason: reason || "failed" });

@@ -67,7 +67,10 @@
     show(file, "uploading");
   });
   uppy.on("upload-success", (file, response) => {
-    show(file, "done", (response && response.body && response.body.key) || "");
+    const key = (response && response.body && response.body.key) || "";
+    show(file, "done", key);
+    const li = document.querySelector(`li[data-id="${CSS.escape(file.id)}"]`);
+    if (key && li) window.showVerdict(li, li, key, $("#api-key").value.trim(), { base: BROKER + "/" });
   });
   uppy.on("upload-error", (file, error) => {
     if (file) show(file, "failed", error && error.message ? error.message : String(error));

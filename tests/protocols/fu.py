@@ -6,9 +6,14 @@ body of a chunked signing request). Tests start from these and tamper with them.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import hashlib
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 from urllib.parse import quote
+
+import requests
+
+from tests.protocols.conftest import call
 
 UNPREFIXED = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-MD5",
               "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id")
@@ -81,3 +86,54 @@ def initiate_headers(*, acl: str, filename: str, params: Mapping[str, str] | Non
         else:
             headers[f"x-amz-meta-{name}"] = encode(value)
     return headers
+
+
+class FineUploaderClient:
+    """Does what Fine Uploader's chunked upload does: ask the broker to sign, then call the store."""
+
+    def __init__(self, broker: Any, endpoint: str, request: Mapping[str, Any] | None = None,
+                 bucket: str = "broker-uploads") -> None:
+        self.broker = broker
+        self.request = request or {"filename": "clip.mp4", "content_type": "video/mp4", "size": 6 * 1024 * 1024,
+                                   "profile": "videos"}
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.host = endpoint.split("://", 1)[1]
+        self.grant: dict[str, Any] = {}
+
+    def key(self) -> dict[str, Any]:
+        answer = call(self.broker, "POST", "/fineuploader/key", dict(self.request))
+        assert answer.status == 200, answer
+        self.grant = answer.body
+        return self.grant
+
+    def prepare(self, method: str, query: str, body: bytes = b"", extra: dict[str, str] | None = None,
+                unsigned: dict[str, str] | None = None) -> Any:
+        """Have the broker sign one store request: ``{method, url, data, headers}`` to send (now or later),
+        or the broker's refusal. ``unsigned`` headers are added after signing, as a client could."""
+        now = datetime.now(timezone.utc)
+        payload_hash = hashlib.sha256(body).hexdigest()
+        headers = rest_headers(host=self.host, now=now, payload_hash=payload_hash, extra=extra)
+        text = string_to_sign(method=method, key=self.grant["key"], query=query, headers=headers,
+                              payload_hash=payload_hash, now=now)
+        answer = call(self.broker, "POST", "/fineuploader/signature", {"headers": text},
+                      headers={"x-upload-grant": self.grant["grant"]}, query={"v4": "true"})
+        if answer.status != 200:
+            return answer
+        config = call(self.broker, "GET", "/fineuploader/config").body
+        signed = ";".join(sorted(h.lower() for h in headers))
+        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={config['accessKey']}/{amz_date(now)[:8]}/"
+                                    f"us-east-1/s3/aws4_request,SignedHeaders={signed},"
+                                    f"Signature={answer.body['signature']}")
+        del headers["Host"]
+        headers.update(unsigned or {})
+        url = f"{self.endpoint}/{self.bucket}/{self.grant['key']}?{query.replace('uploads=', 'uploads')}"
+        return {"method": method, "url": url, "data": body, "headers": headers}
+
+    def send(self, method: str, query: str, body: bytes = b"", extra: dict[str, str] | None = None,
+             unsigned: dict[str, str] | None = None) -> Any:
+        """Sign through the broker, then call the store at once (or return the broker's refusal)."""
+        prepared = self.prepare(method, query, body, extra, unsigned)
+        if not isinstance(prepared, dict):
+            return prepared
+        return requests.request(**prepared, timeout=30)

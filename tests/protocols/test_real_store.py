@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import requests
 from tests.conftest import audit_lines
 from tests.protocols import fu
 from tests.protocols.conftest import call, rules_with
+from tests.protocols.fu import FineUploaderClient
 
 MiB = 1024 * 1024
 BUCKET = "broker-uploads"
@@ -111,41 +111,6 @@ def test_the_store_binds_an_upload_id_to_its_key(store_broker: Any) -> None:
 
 
 # --------------------------------------------------------------------------- Fine Uploader, chunked
-
-
-class FineUploaderClient:
-    """Does what Fine Uploader's chunked upload does: ask the broker to sign, then call the store."""
-
-    def __init__(self, broker: Any, endpoint: str) -> None:
-        self.broker = broker
-        self.endpoint = endpoint
-        self.host = endpoint.split("://", 1)[1]
-        self.grant: dict[str, Any] = {}
-
-    def key(self) -> dict[str, Any]:
-        answer = call(self.broker, "POST", "/fineuploader/key", VIDEO)
-        assert answer.status == 200, answer
-        self.grant = answer.body
-        return self.grant
-
-    def send(self, method: str, query: str, body: bytes = b"", extra: dict[str, str] | None = None) -> Any:
-        now = datetime.now(timezone.utc)
-        payload = hashlib.sha256(body).hexdigest()
-        headers = fu.rest_headers(host=self.host, now=now, payload_hash=payload, extra=extra)
-        text = fu.string_to_sign(method=method, key=self.grant["key"], query=query, headers=headers,
-                                 payload_hash=payload, now=now)
-        answer = call(self.broker, "POST", "/fineuploader/signature", {"headers": text},
-                      headers={"x-upload-grant": self.grant["grant"]}, query={"v4": "true"})
-        if answer.status != 200:
-            return answer
-        config = call(self.broker, "GET", "/fineuploader/config").body
-        signed = ";".join(sorted(h.lower() for h in headers))
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={config['accessKey']}/{fu.amz_date(now)[:8]}/"
-                                    f"us-east-1/s3/aws4_request,SignedHeaders={signed},"
-                                    f"Signature={answer.body['signature']}")
-        del headers["Host"]
-        url = f"{self.endpoint}/{BUCKET}/{self.grant['key']}?{query.replace('uploads=', 'uploads')}"
-        return requests.request(method, url, data=body, headers=headers, timeout=30)
 
 
 def fine_uploader_chunked(broker: Any, store: Any, sizes: list[int]) -> tuple[FineUploaderClient, Any, bytes]:
