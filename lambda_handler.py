@@ -1,9 +1,14 @@
-"""AWS Lambda entry point: ``lambda_handler.handler``.
+"""AWS Lambda entry points: ``lambda_handler.handler`` (the signer) and ``verify_handler``.
 
 Settings and rules are loaded once per process (at cold start, during Lambda's init
 phase); each invocation is then event -> request -> decide -> sign -> audit -> response.
 If the settings are invalid the function still starts, logs why, and answers 503 to every
 request: it never issues anything it cannot audit or check.
+
+``verify_handler`` is the second function's: the upload bucket's ``s3:ObjectCreated:*``
+notifications invoke it (asynchronously) and it judges each new object
+(``broker.adapters.s3events``). It raises whenever nothing could be judged for want of the
+store, the rules or a working start, so Lambda retries the event rather than dropping it.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ try:
 
     preload()
     from broker import service
-    from broker.adapters import apigw
+    from broker.adapters import apigw, s3events
     from broker.app import Broker
     from broker.config import Settings
     from broker.errors import ConfigError, ServiceUnavailable
@@ -58,3 +63,10 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         body = ServiceUnavailable("the broker is misconfigured; the operator's log says why").to_body()
         return apigw.to_event_response(HttpResponse.json(503, body), apigw.kind_of(event))
     return apigw.handle(BROKER, event, context)
+
+
+def verify_handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """Judge the objects of one S3 event notification; raises (so Lambda retries) on an outage."""
+    if BROKER is None:
+        raise ServiceUnavailable(f"the broker did not start, so nothing was verified: {_START_ERROR}")
+    return s3events.handle(BROKER, event, context)

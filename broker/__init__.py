@@ -47,7 +47,8 @@ cycle (``tests/test_layers.py`` checks it)::
       companion.py     Uppy's Companion protocol (/s3/params, /s3/multipart/*)
       verification.py  the store's object events in (/events/seaweedfs), verdicts out (/uploads/verdict)
       fineuploader/    Fine Uploader S3 v4: endpoints.py, policy.py, canonical.py
-    adapters/        Lambda events (apigw.py) and WSGI + the servers of broker serve (wsgi.py)
+    adapters/        Lambda events (apigw.py), S3 object events for the verifier (s3events.py),
+                     and WSGI + the servers of broker serve (wsgi.py)
     service.py       build(settings): a Broker wired to rules, store, audit log and protocols
     cli.py           broker check | explain | serve | hash-key (+ deploy's commands)
     deploy/          IAM policy, CORS, SAM template, the Lambda package

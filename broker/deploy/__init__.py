@@ -13,7 +13,7 @@ import textwrap
 from typing import Any
 
 IAM_EPILOG = """\
-what the policy grants (nothing else):
+what the signer's policy grants (nothing else):
   s3:PutObject                  on every rule's key prefix, in exactly the buckets named
   s3:PutObjectAcl               only where a rule's acl is not private
   s3:AbortMultipartUpload,
@@ -22,10 +22,23 @@ what the policy grants (nothing else):
                                 (+ kms:Decrypt when such a rule is multipart)
   s3:GetObject                  on the rules object, with --rules-location s3://...
 
+with --verifier, the verifier function's policy instead (a role of its own):
+  s3:GetObject, s3:GetObjectTagging
+                                on every rule's key prefix (HEAD, one ranged GET, the tags)
+  s3:PutObjectTagging,
+  s3:DeleteObject               on every rule's key prefix (tag verified; remove a rejected
+                                object from its key)
+  s3:PutObject,
+  s3:PutObjectTagging           on each rule bucket's quarantine_prefix only (the copy of a
+                                rejected object); it can write nowhere else
+  kms:Decrypt                   only for rules with encryption: {kms_key_id: ...}
+  s3:GetObject                  on the rules object, with --rules-location s3://...
+
 examples:
   broker iam-policy rules.yaml > signer-policy.json
+  broker iam-policy rules.yaml --verifier > verifier-policy.json
   broker iam-policy rules.yaml --rules-location s3://ops-config/broker/rules.yaml
-  broker iam-policy rules.yaml --update-template template.yaml
+  broker iam-policy rules.yaml --update-template template.yaml    # both policies, and more
 
 Re-run it (and redeploy) after adding a bucket, a client or a key prefix, an ACL other
 than private, a KMS key or multipart to the rules: the role can write nothing else.
@@ -56,15 +69,22 @@ def _rules_problem(exc: Any) -> int:
 def cmd_iam_policy(args: argparse.Namespace) -> int:
     """Print the signer's least-privilege IAM policy (or update the template's generated blocks)."""
     from broker.errors import ConfigError
-    from broker.deploy.iam import PolicyError, Target, policy_document
+    from broker.deploy.iam import PolicyError, Target, policy_document, verifier_policy_document
 
+    if args.verifier and args.verify_uploads:
+        print("broker iam-policy: --verify-uploads widens the signer's policy; it means nothing with "
+              "--verifier (whose policy already reads and deletes at the rule prefixes)", file=sys.stderr)
+        return 2
     try:
         ruleset = _load(args.rules)
         if args.update_template:
             return _update_template(args.update_template, ruleset)
-        policy = policy_document(ruleset, rules_location=args.rules_location,
-                                 target=Target(args.partition, args.account_id),
-                                 verify_uploads=args.verify_uploads)
+        target = Target(args.partition, args.account_id)
+        if args.verifier:
+            policy = verifier_policy_document(ruleset, rules_location=args.rules_location, target=target)
+        else:
+            policy = policy_document(ruleset, rules_location=args.rules_location, target=target,
+                                     verify_uploads=args.verify_uploads)
     except (ConfigError, PolicyError) as exc:
         return _rules_problem(exc)
     print(json.dumps(policy, indent=2))
@@ -107,16 +127,20 @@ def register_cli(sub: Any) -> None:
     """Add the deployment sub-commands to the ``broker`` command."""
     raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
-        "iam-policy", help="print the signer role's least-privilege IAM policy (JSON)",
+        "iam-policy", help="print the signer's (or the verifier's) least-privilege IAM policy (JSON)",
         formatter_class=raw, epilog=IAM_EPILOG,
         description=textwrap.fill(
             "Derive the least-privilege IAM policy the broker's signing role needs from the "
             "rules: exactly the actions its forms can perform, on exactly the key prefixes the "
-            "key templates produce.", 88))
+            "key templates produce. With --verifier, the policy of the verifier function's role "
+            "instead: read, tag and delete at those prefixes, write only to the quarantine prefix.", 88))
     p.add_argument("rules", nargs="?", help="rules file (default: $BROKER_RULES or the bundled rules.yaml)")
     p.add_argument("--rules-location", metavar="s3://BUCKET/KEY",
                    help="also allow reading the rules from this S3 object (BROKER_RULES in Lambda)")
     p.add_argument("--account-id", help="AWS account of KMS keys named by id or alias in the rules")
+    p.add_argument("--verifier", action="store_true",
+                   help="print the verifier function's policy (lambda_handler.verify_handler, "
+                        "triggered by the bucket's ObjectCreated events) instead of the signer's")
     p.add_argument("--verify-uploads", action="store_true",
                    help="also allow s3:GetObject and s3:DeleteObject under the rule prefixes, for "
                         "Fine Uploader's upload-success check (a broker with long-lived keys only: "
@@ -124,7 +148,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--partition", default="aws", help="ARN partition (default: aws; aws-cn, aws-us-gov)")
     p.add_argument("--update-template", metavar="TEMPLATE",
                    help="instead of printing, rewrite the generated blocks of this SAM template "
-                        "(policy, bucket CORS, parameter defaults) from the rules")
+                        "(both policies, bucket CORS, notifications to the verifier, the "
+                        "quarantine lifecycle rule, parameter defaults) from the rules")
     p.set_defaults(func=cmd_iam_policy)
 
     p = sub.add_parser(

@@ -22,6 +22,23 @@ action                          granted on / when
 
 A prefix is everything in the key template before the first per-request placeholder;
 a prefix already covered by a shorter one in the same bucket is dropped.
+
+The verifier (a second function, triggered by the bucket's ``s3:ObjectCreated:*`` events) has
+a role of its own, :func:`verifier_policy_document`; neither role holds the other's rights:
+
+=============================  ===================================================
+action                          granted on / when
+=============================  ===================================================
+``s3:GetObject``,               every rule's prefix: HEAD and one ranged GET of the
+``s3:GetObjectTagging``         object, and its tags (already judged?)
+``s3:PutObjectTagging``,        every rule's prefix: tag ``broker-verdict=verified``;
+``s3:DeleteObject``             remove a rejected object from its granted key
+``s3:PutObject``,               each rule bucket's quarantine prefix only: the
+``s3:PutObjectTagging``         rejected object's copy (CopyObject) and its tags
+``kms:Decrypt``                 KMS keys of rules with ``encryption: {kms_key_id}``,
+                                only via S3 (reading the first bytes decrypts)
+``s3:GetObject``                the one rules object, when rules live in S3
+=============================  ===================================================
 """
 from __future__ import annotations
 
@@ -117,8 +134,12 @@ def _statement(sid: str, actions: list[str], resources: list[str],
     return stmt
 
 
-def _kms_statements(rules: list[Rule], target: Target) -> list[dict[str, Any]]:
-    """GenerateDataKey (and Decrypt for multipart) on each key, only via S3 in its region."""
+def _kms_statements(rules: list[Rule], target: Target, *, reader: bool = False) -> list[dict[str, Any]]:
+    """GenerateDataKey (and Decrypt for multipart) on each key, only via S3 in its region.
+
+    A ``reader`` (the verifier) needs only ``kms:Decrypt``: it reads, and copies into a
+    quarantine prefix the bucket's default encryption covers.
+    """
     grouped: dict[tuple[str, str | None, str, bool], None] = {}
     for rule in rules:
         if rule.encryption is None or rule.encryption.kms_key_id is None:
@@ -128,14 +149,15 @@ def _kms_statements(rules: list[Rule], target: Target) -> list[dict[str, Any]]:
     statements = []
     by_shape: dict[tuple[tuple[str, ...], str | None, str], list[str]] = {}
     for arn, alias, region, multipart in grouped:
-        actions = ("kms:Decrypt", "kms:GenerateDataKey") if multipart else ("kms:GenerateDataKey",)
+        actions = ("kms:Decrypt",) if reader else \
+            ("kms:Decrypt", "kms:GenerateDataKey") if multipart else ("kms:GenerateDataKey",)
         by_shape.setdefault((actions, alias, region), []).append(arn)
     for n, ((actions, alias, region), arns) in enumerate(sorted(by_shape.items(), key=str)):
         condition: dict[str, Any] = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
         if alias:
             condition["ForAnyValue:StringEquals"] = {"kms:ResourceAliases": alias}
-        statements.append(_statement(f"EncryptUploadsWithKms{n + 1}" if len(by_shape) > 1
-                                     else "EncryptUploadsWithKms", list(actions),
+        sid = "DecryptUploadsWithKms" if reader else "EncryptUploadsWithKms"
+        statements.append(_statement(f"{sid}{n + 1}" if len(by_shape) > 1 else sid, list(actions),
                                      sorted(set(arns)), condition))
     return statements
 
@@ -156,10 +178,43 @@ def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
     statements = [_statement(sid, actions, object_arns(map(_where, chosen), target))
                   for sid, actions, chosen in needs if chosen]
     statements.extend(_kms_statements(rules, target))
-    if rules_location:
-        from broker.config.sources import parse_s3_url
+    statements.extend(_rules_object_statements(rules_location, target))
+    return {"Version": POLICY_VERSION, "Statement": statements}
 
-        bucket, key = parse_s3_url(rules_location)
-        statements.append(_statement("ReadRulesObject", ["s3:GetObject"],
-                                     [f"arn:{target.partition}:s3:::{bucket}/{escape_arn(key)}"]))
+
+def _rules_object_statements(rules_location: str | None, target: Target) -> list[dict[str, Any]]:
+    if not rules_location:
+        return []
+    from broker.config.sources import parse_s3_url
+
+    bucket, key = parse_s3_url(rules_location)
+    return [_statement("ReadRulesObject", ["s3:GetObject"],
+                       [f"arn:{target.partition}:s3:::{bucket}/{escape_arn(key)}"])]
+
+
+def quarantine_arns(ruleset: RuleSet, target: Target) -> list[str]:
+    """``arn:...:s3:::bucket/<quarantine_prefix>*`` for every bucket a rule writes to."""
+    return object_arns(((rule.bucket, ruleset.quarantine_prefix) for rule in _rules(ruleset)), target)
+
+
+def verifier_policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
+                             target: Target = Target()) -> dict[str, Any]:
+    """The IAM policy document the verifier's role needs for ``ruleset`` (see the module's table).
+
+    Nothing lets it write outside the quarantine prefix: at a rule's prefix it may only tag or
+    delete what is there. CopyObject needs ``s3:GetObject`` on the source (granted at the rule
+    prefixes) and ``s3:PutObject`` (+ ``s3:PutObjectTagging`` for the copy's tags) on the
+    destination, the quarantine prefix. There is no ``s3:ListBucket``: without it S3 answers
+    403, not 404, for an object that is gone, so a late duplicate event for an object already
+    quarantined is retried and then dropped (see docs/DEPLOY.md).
+    """
+    rules = _rules(ruleset)
+    where = object_arns(map(_where, rules), target)
+    statements = [
+        _statement("JudgeUploads", ["s3:GetObject", "s3:GetObjectTagging"], where),
+        _statement("MarkOrRemoveUploads", ["s3:DeleteObject", "s3:PutObjectTagging"], where),
+        _statement("WriteQuarantine", ["s3:PutObject", "s3:PutObjectTagging"], quarantine_arns(ruleset, target)),
+    ] if rules else []
+    statements.extend(_kms_statements(rules, target, reader=True))
+    statements.extend(_rules_object_statements(rules_location, target))
     return {"Version": POLICY_VERSION, "Statement": statements}

@@ -6,8 +6,9 @@
     ...
     # END GENERATED signer-policy
 
-:func:`update_template` replaces each block with what the rules produce (the signer's IAM
-policy, the bucket's CORS rule, the parameter defaults), keeping everything else, comments
+:func:`update_template` replaces each block with what the rules produce (the signer's and
+the verifier's IAM policies, the bucket's CORS rule, its notifications to the verifier, the
+quarantine's lifecycle rule, the parameter defaults), keeping everything else, comments
 included. A test checks that the committed template is what ``rules.yaml`` produces.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import json
 import re
 from typing import Any, Callable
 
+from broker.core.keys import rule_prefix
 from broker.models import RuleSet
 from broker.deploy.cors import cors_rule
-from broker.deploy.iam import Target, policy_document
+from broker.deploy.iam import Target, merge_prefixes, policy_document, verifier_policy_document
 
 #: ARNs in the template use the stack's partition and account, resolved by CloudFormation.
 STACK_TARGET = Target(partition="${AWS::Partition}", account_id="${AWS::AccountId}")
@@ -52,6 +54,43 @@ def signer_policy_block(ruleset: RuleSet) -> list[str]:
     return _json_block("PolicyDocument", _sub(policy_document(ruleset, target=STACK_TARGET)))
 
 
+def verifier_policy_block(ruleset: RuleSet) -> list[str]:
+    """``PolicyDocument:`` for the verifier's role (rules object: ``RulesReadPolicy``, conditional)."""
+    return _json_block("PolicyDocument", _sub(verifier_policy_document(ruleset, target=STACK_TARGET)))
+
+
+def notification_prefixes(ruleset: RuleSet) -> list[str]:
+    """The key prefixes of the upload bucket whose new objects the verifier must judge."""
+    return merge_prefixes(rule_prefix(rule) for client in ruleset.clients.values()
+                          for rule in client.rules.values() if rule.bucket == ruleset.bucket)
+
+
+def bucket_notifications_block(ruleset: RuleSet) -> list[str]:
+    """``LambdaConfigurations:``: every ``s3:ObjectCreated:*`` under a rule prefix invokes the verifier.
+
+    One configuration per prefix (S3 refuses overlapping ones; merged prefixes never overlap),
+    so the verifier hears nothing it may not read, and not its own copies into quarantine.
+    """
+    configs = []
+    for prefix in notification_prefixes(ruleset):
+        config: dict[str, Any] = {"Event": "s3:ObjectCreated:*",
+                                  "Function": {"Fn::GetAtt": ["VerifierFunction", "Arn"]}}
+        if prefix:
+            config["Filter"] = {"S3Key": {"Rules": [{"Name": "prefix", "Value": prefix}]}}
+        configs.append(config)
+    # one configuration a line: a prefix per line reads (and diffs) better than nested JSON
+    return ["LambdaConfigurations:"] + [f"  - {json.dumps(config)}" for config in configs] \
+        if configs else ["LambdaConfigurations: []"]
+
+
+def quarantine_lifecycle_block(ruleset: RuleSet) -> list[str]:
+    """The lifecycle rule expiring the quarantine prefix after ``QuarantineRetentionDays``."""
+    return ["- Id: expire-quarantine",
+            "  Status: Enabled",
+            f"  Prefix: {json.dumps(ruleset.quarantine_prefix)}",
+            "  ExpirationInDays: !Ref QuarantineRetentionDays"]
+
+
 def bucket_cors_block(ruleset: RuleSet) -> list[str]:
     """``CorsRules:`` for the upload bucket; origins come from the ``AllowedOrigins`` parameter."""
     rule = {**cors_rule(ruleset, ruleset.bucket), "AllowedOrigins": {"Ref": "AllowedOrigins"}}
@@ -79,6 +118,9 @@ def origins_default_block(ruleset: RuleSet) -> list[str]:
 
 BLOCKS: dict[str, Callable[[RuleSet], list[str]]] = {
     "signer-policy": signer_policy_block,
+    "verifier-policy": verifier_policy_block,
+    "bucket-notifications": bucket_notifications_block,
+    "quarantine-lifecycle": quarantine_lifecycle_block,
     "bucket-cors": bucket_cors_block,
     "bucket-default": bucket_default_block,
     "bucket-assertion": bucket_assertion_block,

@@ -13,7 +13,7 @@ HASH = "%064x"
 
 def make_rules(clients: dict[str, list[dict[str, Any]]], *, bucket: str = "up-bucket",
                origins: tuple[str, ...] = ("https://app.example.com",),
-               region: str = "eu-west-1") -> RuleSet:
+               region: str = "eu-west-1", quarantine_prefix: str | None = None) -> RuleSet:
     """A valid RuleSet with one API key per client and the given rules (defaults filled in)."""
     doc: dict[str, Any] = {
         "version": 1, "bucket": bucket, "region": region,
@@ -22,4 +22,6 @@ def make_rules(clients: dict[str, list[dict[str, Any]]], *, bucket: str = "up-bu
         "clients": {cid: {"api_key_sha256": [HASH % (n + 1)], "rules": rules}
                     for n, (cid, rules) in enumerate(clients.items())},
     }
+    if quarantine_prefix is not None:
+        doc["quarantine_prefix"] = quarantine_prefix
     return load_rules(yaml.safe_dump(doc), source="<test>")

@@ -27,6 +27,16 @@ def test_iam_policy_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
         "PutObjectsUnderRulePrefixes", "ManageMultipartUploads", "ReadRulesObject"]
 
 
+def test_iam_policy_verifier_prints_the_verifier_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "iam-policy", str(ROOT / "rules.yaml"), "--verifier",
+                       "--rules-location", "s3://ops-config/rules.yaml")
+    policy = json.loads(out)
+    assert code == 0
+    assert [s["Sid"] for s in policy["Statement"]] == [
+        "JudgeUploads", "MarkOrRemoveUploads", "WriteQuarantine", "ReadRulesObject"]
+    assert policy["Statement"][2]["Resource"] == "arn:aws:s3:::broker-uploads/quarantine/*"
+
+
 def test_cors_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "cors", str(ROOT / "rules.yaml"))
     assert code == 0 and json.loads(out)["CORSRules"][0]["ExposeHeaders"] == ["ETag", "Location"]
@@ -40,6 +50,8 @@ def test_cors_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.param(["cors", "rules.yaml", "--bucket", "nope-bucket"], "no rule writes", id="cors-unknown-bucket"),
     pytest.param(["iam-policy", "rules.yaml", "--rules-location", "s3://only-bucket"], "s3://bucket/path",
                  id="bad-rules-location"),
+    pytest.param(["iam-policy", "rules.yaml", "--verifier", "--verify-uploads"], "means nothing with --verifier",
+                 id="verifier-with-verify-uploads"),
 ])
 def test_errors_exit_2_with_a_message(capsys: pytest.CaptureFixture[str], monkeypatch: Any,
                                       argv: list[str], message: str) -> None:
@@ -49,8 +61,9 @@ def test_errors_exit_2_with_a_message(capsys: pytest.CaptureFixture[str], monkey
 
 
 @pytest.mark.parametrize("command, words", [
-    pytest.param("iam-policy", ["least-privilege", "s3:PutObjectAcl", "--rules-location", "--update-template"],
-                 id="iam-policy"),
+    pytest.param("iam-policy", ["least-privilege", "s3:PutObjectAcl", "--rules-location", "--update-template",
+                                "--verifier", "quarantine_prefix only", "s3:GetObjectTagging",
+                                "verify_handler"], id="iam-policy"),
     pytest.param("cors", ["ETag", "put-bucket-cors", "--all"], id="cors"),
 ])
 def test_help_explains(capsys: pytest.CaptureFixture[str], command: str, words: list[str]) -> None:
@@ -74,5 +87,6 @@ def test_update_template_rewrites_only_generated_blocks(capsys: pytest.CaptureFi
     text = template.read_text()
     assert "broker-uploads" not in text and "Default: acme-prod-uploads" in text
     assert "arn:${AWS::Partition}:s3:::acme-prod-uploads/uploads/web-app/avatars/*" in text
+    assert "arn:${AWS::Partition}:s3:::acme-prod-uploads/quarantine/*" in text  # the verifier's policy too
     code, _, err = run(capsys, "iam-policy", str(rules), "--update-template", str(template))
     assert code == 0 and "already up to date" in err

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from parliament import analyze_policy_string
 
-from broker.deploy.iam import PolicyError, Target, escape_arn, merge_prefixes, policy_document
+from broker.deploy.iam import (PolicyError, Target, escape_arn, merge_prefixes, policy_document,
+                               verifier_policy_document)
 from tests.deploy.helpers import make_rules
 
 KEY_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -197,3 +198,55 @@ def test_verify_uploads_adds_read_and_delete_on_rule_prefixes_only(ruleset: Any)
     assert actions == ["s3:DeleteObject", "s3:GetObject"]
     assert resources == plain["PutObjectsUnderRulePrefixes"][1]
     assert findings(policy_document(ruleset, verify_uploads=True)) == []
+
+
+# ----------------------------------------------------------------- the verifier's policy
+
+
+def test_bundled_rules_verifier_policy(ruleset: Any) -> None:
+    prefixes = statements(policy_document(ruleset))["PutObjectsUnderRulePrefixes"][1]
+    assert statements(verifier_policy_document(ruleset)) == {
+        "JudgeUploads": (["s3:GetObject", "s3:GetObjectTagging"], prefixes),
+        "MarkOrRemoveUploads": (["s3:DeleteObject", "s3:PutObjectTagging"], prefixes),
+        "WriteQuarantine": (["s3:PutObject", "s3:PutObjectTagging"], ["arn:aws:s3:::broker-uploads/quarantine/*"]),
+    }
+    assert findings(verifier_policy_document(ruleset)) == []
+
+
+@pytest.mark.parametrize("clients, quarantine, expected", [
+    pytest.param({"c1": [{"name": "p", "key": "in/{client}/{uuid}"},
+                         {"name": "q", "key": "in/{client}/{uuid}", "bucket": "other-bucket"}]}, None,
+                 ["arn:aws:s3:::other-bucket/quarantine/*", "arn:aws:s3:::up-bucket/quarantine/*"],
+                 id="each-rule-bucket-has-its-quarantine"),
+    pytest.param({"c1": [{"name": "p", "key": "in/{client}/{uuid}"}]}, "held/back/",
+                 ["arn:aws:s3:::up-bucket/held/back/*"], id="the-rules-quarantine-prefix"),
+])
+def test_verifier_writes_only_under_the_quarantine_prefix(clients: dict[str, Any], quarantine: str | None,
+                                                           expected: list[str]) -> None:
+    policy = verifier_policy_document(make_rules(clients, quarantine_prefix=quarantine))
+    writes = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [s["Sid"] for s in writes] == ["WriteQuarantine"]
+    assert statements(policy)["WriteQuarantine"][1] == expected
+    assert findings(policy) == []
+
+
+def test_verifier_decrypts_kms_uploads_and_never_encrypts() -> None:
+    rules = make_rules({"c1": [{"name": "k", "key": "in/{client}/{uuid}", "multipart": True,
+                                "encryption": {"kms_key_id": KEY_ARN}}]})
+    policy = verifier_policy_document(rules)
+    kms = next(s for s in policy["Statement"] if s["Sid"] == "DecryptUploadsWithKms")
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == KEY_ARN
+    assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
+    assert findings(policy) == []
+
+
+def test_verifier_reads_the_rules_object_when_rules_live_in_s3(ruleset: Any) -> None:
+    policy = verifier_policy_document(ruleset, rules_location="s3://ops-config/broker/rules.yaml")
+    assert statements(policy)["ReadRulesObject"] == (["s3:GetObject"], ["arn:aws:s3:::ops-config/broker/rules.yaml"])
+
+
+def test_signer_and_verifier_share_no_write(ruleset: Any) -> None:
+    signer = {a for s in policy_document(ruleset)["Statement"] for a in s["Action"]}
+    verifier = {a for s in verifier_policy_document(ruleset)["Statement"] for a in s["Action"]}
+    assert "s3:GetObject" not in signer and "s3:DeleteObject" not in signer
+    assert verifier.isdisjoint({"s3:PutObjectAcl", "s3:AbortMultipartUpload", "s3:ListBucket", "kms:GenerateDataKey"})

@@ -2,10 +2,10 @@
 
 moto's CloudFormation has no SAM transform, so the test translates ``template.yaml`` with
 aws-sam-translator (the library ``sam deploy`` and CloudFormation itself use) and deploys the
-result. moto models the bucket (name, encryption), the roles and policies, the log group,
-the function and the invoke permission; it skips the HTTP API resources and ignores the
-bucket's CORS, public access block and lifecycle, so those are asserted on the translated
-template instead.
+result. moto models the bucket (name, encryption), the roles and policies, the log groups,
+both functions and the invoke permissions; it skips the HTTP API resources and ignores the
+bucket's CORS, public access block, lifecycle and notifications, so those are asserted on the
+translated template instead, and its resources are checked for a circular dependency.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import pytest
 from moto import mock_aws
 
 from broker.deploy.cors import cors_rule
-from broker.deploy.iam import policy_document
-from broker.deploy.template import TemplateError, set_code_uri, update_template
+from broker.deploy.iam import merge_prefixes, policy_document, verifier_policy_document
+from broker.deploy.template import TemplateError, notification_prefixes, set_code_uri, update_template
+from broker.core.keys import rule_prefix
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
@@ -107,9 +108,12 @@ def test_bucket_is_private_encrypted_and_cleans_up_multipart(cfn: dict[str, Any]
         ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"], True)
     enc = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
     assert enc["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
-    (lifecycle,) = props["LifecycleConfiguration"]["Rules"]
+    lifecycle, quarantine = props["LifecycleConfiguration"]["Rules"]
     assert lifecycle["Status"] == "Enabled"
     assert lifecycle["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert quarantine == {"Id": "expire-quarantine", "Status": "Enabled", "Prefix": ruleset.quarantine_prefix,
+                          "ExpirationInDays": {"Ref": "QuarantineRetentionDays"}}
+    assert cfn["Parameters"]["QuarantineRetentionDays"]["Default"] == 30
     (cors,) = props["CorsConfiguration"]["CorsRules"]
     expected = cors_rule(ruleset, ruleset.bucket)
     assert cors["AllowedOrigins"] == {"Ref": "AllowedOrigins"}
@@ -123,8 +127,9 @@ def test_bucket_is_private_encrypted_and_cleans_up_multipart(cfn: dict[str, Any]
 
 def test_no_long_lived_keys_anywhere(cfn: dict[str, Any]) -> None:
     assert not resources_of(cfn, "AWS::IAM::AccessKey") and not resources_of(cfn, "AWS::IAM::User")
-    env = cfn["Resources"]["SignerFunction"]["Properties"]["Environment"]["Variables"]
-    assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS"}
+    for function in ("SignerFunction", "VerifierFunction"):
+        env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
+        assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS"}
     text = json.dumps(cfn)
     assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
 
@@ -157,6 +162,131 @@ def test_http_api_with_cors_live_stage_and_optional_jwt(cfn: dict[str, Any]) -> 
     assert res["SignerIntegration"]["Properties"]["PayloadFormatVersion"] == "2.0"
 
 
+def test_verifier_function_settings(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    props = res["VerifierFunction"]["Properties"]
+    signer = res["SignerFunction"]["Properties"]
+    assert props["Handler"] == "lambda_handler.verify_handler"
+    assert (props["Code"], props["Runtime"]) == (signer["Code"], signer["Runtime"])  # the same zip
+    assert 128 <= props["MemorySize"] <= 512 and 10 <= props["Timeout"] <= 120
+    assert props["Role"] == {"Fn::GetAtt": ["VerifierRole", "Arn"]} != signer["Role"]
+    assert props["Environment"] == signer["Environment"]
+    assert props["LoggingConfig"]["LogGroup"] == {"Ref": "VerifierLogGroup"}
+    assert props["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReserveVerifierConcurrency", {"Ref": "VerifierReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    assert res["VerifierFunction"]["DependsOn"] == ["VerifierPolicy"]
+    policy = res["VerifierPolicy"]["Properties"]
+    assert policy["Roles"] == [{"Ref": "VerifierRole"}]
+    assert res["RulesReadPolicy"]["Properties"]["Roles"] == [{"Ref": "SignerRole"}, {"Ref": "VerifierRole"}]
+
+
+def test_every_new_object_under_a_rule_prefix_invokes_the_verifier(cfn: dict[str, Any], ruleset: Any) -> None:
+    configs = cfn["Resources"]["UploadBucket"]["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    prefixes = [c["Filter"]["S3Key"]["Rules"][0]["Value"] for c in configs]
+    assert prefixes == merge_prefixes(rule_prefix(r) for c in ruleset.clients.values() for r in c.rules.values())
+    assert all(c["Event"] == "s3:ObjectCreated:*" for c in configs)
+    assert all(c["Function"] == {"Fn::GetAtt": ["VerifierFunction", "Arn"]} for c in configs)
+    # S3 refuses overlapping filters for one event type; and the verifier's own quarantine copies stay silent
+    assert not any(a != b and b.startswith(a) for a in prefixes for b in prefixes)
+    assert not any(ruleset.quarantine_prefix.startswith(p) for p in prefixes)
+
+
+def test_s3_may_invoke_the_verifier_for_this_bucket_only(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    permission = res["VerifierInvokePermission"]["Properties"]
+    assert permission["Principal"] == "s3.amazonaws.com"
+    assert permission["FunctionName"] == {"Fn::GetAtt": ["VerifierFunction", "Arn"]}
+    assert permission["SourceArn"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${UploadBucketName}"}
+    assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert res["UploadBucket"]["DependsOn"] == ["VerifierInvokePermission"]  # S3 checks it when set
+
+
+def references(value: Any) -> set[str]:
+    """Logical ids a resource's value refers to (Ref, GetAtt, names inside Sub)."""
+    import re
+
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref" and isinstance(inner, str):
+                found.add(inner)
+            elif key == "Fn::GetAtt":
+                found.add(inner[0] if isinstance(inner, list) else inner.split(".")[0])
+            elif key == "Fn::Sub":
+                text = inner if isinstance(inner, str) else inner[0]
+                found.update(m.split(".")[0] for m in re.findall(r"\$\{([^!][^}]*)\}", text))
+                if isinstance(inner, list):
+                    found |= references(inner[1])
+            else:
+                found |= references(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= references(inner)
+    return found
+
+
+def dependency_cycles(cfn: dict[str, Any]) -> list[list[str]]:
+    """Cycles among the resources (CloudFormation refuses a template with one: "Circular dependency")."""
+    resources = cfn["Resources"]
+    edges = {name: {d for d in references(r.get("Properties", {})) | set(r.get("DependsOn", []))
+                    if d in resources} for name, r in resources.items()}
+    found: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_no_circular_dependency_between_bucket_notification_and_permission(cfn: dict[str, Any]) -> None:
+    assert dependency_cycles(cfn) == []
+    # the checker catches the classic mistake: a permission naming the bucket resource itself
+    broken = json.loads(json.dumps(cfn))
+    broken["Resources"]["VerifierInvokePermission"]["Properties"]["SourceArn"] = {
+        "Fn::GetAtt": ["UploadBucket", "Arn"]}
+    assert ["UploadBucket", "VerifierInvokePermission", "UploadBucket"] in dependency_cycles(broken)
+
+
+def test_serving_only_verified_objects_is_one_parameter(cfn: dict[str, Any]) -> None:
+    statements = cfn["Resources"]["UploadBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    condition, deny, otherwise = statements[-1]["Fn::If"]
+    assert condition == "ServeOnlyVerified" and otherwise == {"Ref": "AWS::NoValue"}
+    assert cfn["Conditions"]["ServeOnlyVerified"] == {"Fn::Equals": [{"Ref": "ServeOnlyVerified"}, "true"]}
+    assert cfn["Parameters"]["ServeOnlyVerified"]["Default"] == "false"
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert deny["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert deny["Condition"] == {
+        "StringNotEquals": {"s3:ExistingObjectTag/broker-verdict": "verified"},
+        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["VerifierRole", "Arn"]}}}  # it reads to judge
+
+
+def test_notification_prefixes_only_for_the_template_bucket() -> None:
+    from tests.deploy.helpers import make_rules
+
+    rules = make_rules({"c1": [{"name": "p", "key": "in/{client}/{profile}/{uuid}"},
+                               {"name": "q", "key": "in/{client}/{profile}/{uuid}", "bucket": "other-bucket"},
+                               {"name": "r", "key": "in/{client}/{uuid}"}]})
+    assert notification_prefixes(rules) == ["in/c1/"]
+    whole = make_rules({"c1": [{"name": "p", "key": "{uuid}{ext}"}]})
+    text = update_template(TEMPLATE.read_text(), whole)
+    configs = translate(text)["Resources"]["UploadBucket"]["Properties"]["NotificationConfiguration"]
+    assert configs["LambdaConfigurations"] == [
+        {"Event": "s3:ObjectCreated:*", "Function": {"Fn::GetAtt": ["VerifierFunction", "Arn"]}}]
+
+
 # ----------------------------------------------------------------- deployed into moto
 
 
@@ -167,7 +297,8 @@ def stack(cfn: dict[str, Any]) -> Iterator[dict[str, Any]]:
         s3.create_bucket(Bucket="deploy-artifacts")
         code = io.BytesIO()
         with zipfile.ZipFile(code, "w") as zf:
-            zf.writestr("lambda_handler.py", "def handler(event, context):\n    return {}\n")
+            zf.writestr("lambda_handler.py", "def handler(event, context):\n    return {}\n\n\n"
+                                             "verify_handler = handler\n")
         s3.put_object(Bucket="deploy-artifacts", Key="lambda.zip", Body=code.getvalue())
         cf = boto3.client("cloudformation", region_name="us-east-1")
         with warnings.catch_warnings():
@@ -207,6 +338,26 @@ def test_stack_creates_bucket_role_policy_and_function(stack: dict[str, Any], ru
     assert fn["Role"].endswith(f":role/{role_name}")
     assert fn["Environment"]["Variables"]["BROKER_RULES"] == RULES_LOCATION
     assert stack["SignerLogGroup"]["PhysicalResourceId"] == "/aws/lambda/broker-signer"
+
+
+def test_stack_creates_the_verifier_with_its_own_role(stack: dict[str, Any], ruleset: Any) -> None:
+    iam = boto3.client("iam", region_name="us-east-1")
+    lam = boto3.client("lambda", region_name="us-east-1")
+    role_name = stack["VerifierRole"]["PhysicalResourceId"]
+    assert role_name != stack["SignerRole"]["PhysicalResourceId"]
+    assert sorted(iam.list_role_policies(RoleName=role_name)["PolicyNames"]) == [
+        "read-rules-object", "upload-verifier", "write-own-logs"]
+    verifier = iam.get_role_policy(RoleName=role_name, PolicyName="upload-verifier")["PolicyDocument"]
+    verifier = json.loads(verifier) if isinstance(verifier, str) else verifier
+    assert verifier == verifier_policy_document(ruleset)
+    assert not iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
+
+    fn = lam.get_function(FunctionName="broker-verifier")["Configuration"]
+    assert fn["Handler"] == "lambda_handler.verify_handler"
+    assert fn["Role"].endswith(f":role/{role_name}")
+    assert fn["Environment"]["Variables"]["BROKER_RULES"] == RULES_LOCATION
+    assert stack["VerifierLogGroup"]["PhysicalResourceId"] == "/aws/lambda/broker-verifier"
+    assert "VerifierInvokePermission" in stack
 
 
 def cf_status() -> str:
