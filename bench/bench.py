@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -676,6 +677,76 @@ def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
 # --------------------------------------------------------------------------- report
 
 
+def verify(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
+    """The verifier's cost per object next to a bare HEAD + ranged GET of the same 1 GiB object, on SeaweedFS."""
+    from broker.audit import AuditLog
+    from broker.config.sources import RulesProvider, StaticSource
+    from broker.dev.store import Store, StoreConfig, pick_free_ports
+    from broker.s3.store import S3Store
+    from broker.verifier import Verifier
+
+    s3_port, base_port = pick_free_ports()
+    store = Store(StoreConfig.generate(tmp / "store", s3_port=s3_port, base_port=base_port))
+    store.start(timeout=60)
+    try:
+        bucket, size = "broker-uploads", 1024**3
+        store.ensure_bucket(bucket)
+        key = "uploads/web-app/videos/2026-11-29/" + "ab" * 16 + ".mp4"
+        big = tmp / "big.mp4"
+        with open(big, "wb") as f:  # sparse: an MP4 header, then a gigabyte of zeros
+            f.write(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2")
+            f.truncate(size)
+        from boto3.s3.transfer import TransferConfig
+
+        client = store.s3_client()
+        client.upload_file(str(big), bucket, key, ExtraArgs={"ContentType": "video/mp4"},
+                           Config=TransferConfig(multipart_chunksize=256 * 1024**2, max_concurrency=2))
+        big.unlink()
+        provider = RulesProvider(StaticSource((ROOT / "rules.yaml").read_text()), reload_seconds=3600)
+        provider.refresh()
+        read: list[int] = []
+        client.meta.events.register("after-call.s3.GetObject", lambda parsed, **_: read.append(
+            int(parsed.get("ContentLength") or 0)))
+        verifier = Verifier(provider, S3Store(client), AuditLog(stream=audit),
+                            clock=lambda: datetime.now(timezone.utc))
+        n = 20
+
+        def judged() -> float:
+            spent = 0.0
+            for _ in range(n):
+                client.delete_object_tagging(Bucket=bucket, Key=key)  # a new object each time, as for an event
+                start = time.perf_counter()
+                outcome = verifier.verify_object(bucket, key, source="bench")
+                spent += time.perf_counter() - start
+                assert outcome.status == "verified", outcome
+            return spent / n
+
+        def bare() -> float:
+            spent = 0.0
+            for _ in range(n):
+                client.delete_object_tagging(Bucket=bucket, Key=key)  # the same fresh write before each
+                start = time.perf_counter()
+                client.head_object(Bucket=bucket, Key=key)
+                client.get_object(Bucket=bucket, Key=key, Range="bytes=0-4095")["Body"].read()
+                spent += time.perf_counter() - start
+            return spent / n
+
+        judged()  # warm both paths (connections, the sniffer's database)
+        bare()
+        read.clear()
+        verifier.verify_object(bucket, key, source="bench", act=False)
+        most = max(read)
+        t_v, t_b, ratio = interleaved(judged, bare, rounds)
+    finally:
+        store.stop()
+    return [
+        Row("5. verifier: judge + tag one object (1 GiB, SeaweedFS) / bare HEAD + ranged GET (wall)",
+            ms(t_v) if t_v >= 0.01 else us(t_v), ms(t_b) if t_b >= 0.01 else us(t_b), ratio, "<= 1.5", ratio <= 1.5),
+        Row("   bytes of the 1 GiB object the verifier reads / 64 KiB allowed",
+            f"{most:,} B", "65,536 B", most / 65536, "<= 64 KiB", most <= 65536),
+    ]
+
+
 def machine() -> str:
     """CPU count, Python and library versions: the context every number needs."""
     versions = []
@@ -705,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison (default 7)")
     parser.add_argument("--importtime", action="store_true", help="also list the slowest cold-start imports")
-    parser.add_argument("--only", default="warm,cold,scale,server",
-                        help="comma-separated subset of: warm, cold, scale, server")
+    parser.add_argument("--only", default="warm,cold,scale,server,verify",
+                        help="comma-separated subset of: warm, cold, scale, server, verify")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     started = time.perf_counter()
@@ -718,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
             lh = import_lambda_handler(audit)
             for name, step in (("warm", lambda: warm(lh, args.rounds)), ("cold", lambda: cold(tmp, args.rounds)),
                                ("scale", lambda: scale(tmp, audit, args.rounds)),
-                               ("server", lambda: server(tmp, audit, max(3, args.rounds // 2)))):
+                               ("server", lambda: server(tmp, audit, max(3, args.rounds // 2))),
+                               ("verify", lambda: verify(tmp, audit, args.rounds))):
                 if name not in only:
                     continue
                 t0 = time.perf_counter()

@@ -112,6 +112,7 @@ class UploadRequest:
     size: int | None = None
     profile: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    sha256: str | None = None  # the file's declared SHA-256 (hex or base64), bound in the form
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ allowed by the chosen rule is refused.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from datetime import datetime
 from typing import Callable, Mapping
 
 from broker.core import keys
 from broker.core.sizes import human_size
-from broker.errors import Unauthenticated
+from broker.errors import InvalidRequest, Unauthenticated
 from broker.core.mediatypes import extension_agrees, parse_content_type, type_matches
 from broker.models import Check, Client, Credentials, Decision, Grant, Rule, RuleSet, UploadRequest
 
@@ -148,13 +150,31 @@ def evaluate(
         client=client.id, profile=rule.name, bucket=rule.bucket, key=key,
         content_type=canonical, min_bytes=rule.min_bytes, max_bytes=rule.max_bytes,
         expires_in=min(rule.expires_in, ruleset.max_expires_in),
-        fields=object_fields(rule, canonical, filename, request.metadata),
+        fields=object_fields(rule, canonical, filename, request.metadata, checksum_base64(request.sha256)),
     )
     return Decision(True, client.id, rule.name, grant=grant)
 
 
+def checksum_base64(sha256: str | None) -> str | None:
+    """A declared SHA-256 as S3 wants it in ``x-amz-checksum-sha256`` (base64 of the 32 bytes); None stays None.
+
+    The schema has checked its form (64 hex digits, or 44 base64 characters); anything that is
+    not 32 bytes is a 400.
+    """
+    if sha256 is None:
+        return None
+    try:
+        raw = bytes.fromhex(sha256) if len(sha256) == 64 else base64.b64decode(sha256, validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidRequest("sha256 must be the file's SHA-256: 64 hex digits, or its 32 bytes in base64",
+                             path="$.sha256")
+    return base64.b64encode(raw).decode()
+
+
 def object_fields(rule: Rule, content_type: str, filename: str,
-                  metadata: Mapping[str, str]) -> dict[str, str]:
+                  metadata: Mapping[str, str], checksum: str | None = None) -> dict[str, str]:
     """The form fields (besides key/policy/signature) that S3 applies to the object."""
     fields = {"Content-Type": content_type, "acl": rule.acl}
     if rule.cache_control:
@@ -171,4 +191,6 @@ def object_fields(rule: Rule, content_type: str, filename: str,
         fields[f"x-amz-meta-{name}"] = value
     if rule.success_action_status:
         fields["success_action_status"] = rule.success_action_status
+    if checksum is not None:  # a store that checks it refuses any other bytes (S3: BadDigest)
+        fields["x-amz-checksum-sha256"] = checksum
     return fields

@@ -27,7 +27,7 @@ def parse_upload_request(body: Any) -> UploadRequest:
         _refuse(validator, body)
     size = body.get("size")
     return UploadRequest(body["filename"], body["content_type"], None if size is None else int(size),
-                         body.get("profile"), body.get("metadata") or {})
+                         body.get("profile"), body.get("metadata") or {}, body.get("sha256"))
 
 
 def _refuse(validator: Any, body: Any) -> None:

@@ -31,6 +31,8 @@ _STORED_HEADERS = {
     "ContentEncoding": "Content-Encoding", "ContentLanguage": "Content-Language", "Expires": "Expires",
     "WebsiteRedirectLocation": "x-amz-website-redirect-location",
 }
+#: A copy whose source changed or went meanwhile: answered None, nothing copied.
+_CHANGED = {"PreconditionFailed": None, "412": None, 412: None, "404": None, "NoSuchKey": None, "NotFound": None}
 _MISSING_UPLOAD = ("NoSuchUpload", "NoSuchKey", "404")
 _MISSING_OBJECT = ("404", "NoSuchKey", "NotFound")
 
@@ -64,6 +66,9 @@ class S3Store:
     def __init__(self, client: Any, *,
                  credentials_expiry: Callable[[], datetime | None] | None = None) -> None:
         self._client = client
+        #: Objects larger than this are copied in parts (S3's CopyObject stops at 5 GB).
+        self.copy_limit = 5 * 1000**3
+        self.copy_part_bytes = 1024**3
         expiry = credentials_expiry or (client_credentials_expiry(client) if client is not None else None)
         self.post_signer = Signer(client, credentials_expiry=expiry)
         self._sigv4: Any = None
@@ -164,35 +169,40 @@ class S3Store:
         return Fetched(body, out.get("ETag"), len(body))
 
     def inspect(self, bucket: str, key: str, *, head_bytes: int) -> StoredObject | None:
-        """What the verifier judges: headers, metadata, checksum, tags and the first ``head_bytes``.
+        """What the verifier judges: headers, metadata, tags and the first ``head_bytes``; None if it is gone.
 
-        Three reads (HEAD, a ranged GET, the tags), never the whole object; None if it is gone.
+        Usually one call: a ranged GET answers with the object's headers, its total size (in
+        Content-Range) and its tag count as well as the bytes; the tags are read only when there
+        are some, and an empty object (which no range fits) is read with HEAD. Never the whole body.
         """
-        out = self._call("head_object", "read the object", {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"},
-                         expect={code: None for code in _MISSING_OBJECT})
+        missing = {code: None for code in _MISSING_OBJECT}
+        out = self._call("get_object", "read the object's first bytes", {
+            "Bucket": bucket, "Key": key, "Range": f"bytes=0-{max(head_bytes, 1) - 1}"},
+            expect={**missing, "InvalidRange": "empty", 416: "empty"})
         if out is None:
             return None
-        size = int(out.get("ContentLength", 0))
-        etag = str(out.get("ETag", ""))
-        head = b""
-        if size > 0 and head_bytes > 0:
-            # IfMatch: the bytes judged are the bytes of the object whose headers were read
-            got = self._call("get_object", "read the object's first bytes", {
-                "Bucket": bucket, "Key": key, "Range": f"bytes=0-{head_bytes - 1}", "IfMatch": etag},
-                expect={code: None for code in (*_MISSING_OBJECT, "PreconditionFailed", "412", "InvalidRange")})
-            if got is None:
+        if out == "empty":
+            out = self._call("head_object", "read the object", {"Bucket": bucket, "Key": key}, expect=missing)
+            if out is None:
                 return None
-            head = got["Body"].read(head_bytes)
-        tags = self._call("get_object_tagging", "read the object's tags", {"Bucket": bucket, "Key": key},
-                          expect={code: None for code in _MISSING_OBJECT})
-        if tags is None:
-            return None
+            size, head = int(out.get("ContentLength", 0)), b""
+        else:
+            total = str(out.get("ContentRange", "")).rpartition("/")[2]
+            size = int(total) if total.isdigit() else int(out.get("ContentLength", 0))
+            head = out["Body"].read(head_bytes) if head_bytes > 0 else b""
+            out["Body"].close()
+        tags: dict[str, str] = {}
+        if int(out.get("TagCount") or 0) > 0:
+            found = self._call("get_object_tagging", "read the object's tags", {"Bucket": bucket, "Key": key},
+                               expect=missing)
+            if found is None:
+                return None
+            tags = {t["Key"]: t["Value"] for t in found.get("TagSet", [])}
         headers = {name: str(out[field]) for field, name in _STORED_HEADERS.items() if out.get(field)}
         return StoredObject(
-            bucket=bucket, key=key, size=size, etag=etag, content_type=out.get("ContentType"),
+            bucket=bucket, key=key, size=size, etag=str(out.get("ETag", "")), content_type=out.get("ContentType"),
             metadata={str(k).lower(): str(v) for k, v in (out.get("Metadata") or {}).items()},
-            headers=headers, checksum_sha256=out.get("ChecksumSHA256"),
-            tags={t["Key"]: t["Value"] for t in tags.get("TagSet", [])}, head=head)
+            headers=headers, checksum_sha256=out.get("ChecksumSHA256"), tags=tags, head=head)
 
     def tag(self, bucket: str, key: str, tags: Mapping[str, str]) -> None:
         """Replace the object's tags."""
@@ -215,13 +225,40 @@ class S3Store:
             "ContentType": out.get("ContentType") or "application/octet-stream", "ContentDisposition": "attachment",
             "TaggingDirective": "REPLACE", "Tagging": "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
                                                                for k, v in tags.items())}
-        copied = self._call("copy_object", "copy the object to quarantine", params,
-                            expect={"PreconditionFailed": None, "412": None, 412: None, **{
-                                code: None for code in _MISSING_OBJECT}})
+        size = int(out.get("ContentLength", 0))
+        if size > self.copy_limit:
+            copied = self._copy_in_parts(params, size)
+        else:
+            copied = self._call("copy_object", "copy the object to quarantine", params, expect=_CHANGED)
         if copied is None:
             return False
         self.delete(bucket, key)
         return True
+
+    def _copy_in_parts(self, params: dict[str, Any], size: int) -> Any:
+        """CopyObject for an object over ``copy_limit`` (S3 copies at most 5 GB in one call): a multipart copy."""
+        bucket, to_key, source, etag = params["Bucket"], params["Key"], params["CopySource"], params["CopySourceIfMatch"]
+        started = self._call("create_multipart_upload", "start the quarantine copy", {
+            "Bucket": bucket, "Key": to_key, "ContentType": params["ContentType"],
+            "ContentDisposition": params["ContentDisposition"], "Metadata": params["Metadata"],
+            "Tagging": params["Tagging"]})
+        upload_id = str(started["UploadId"])
+        try:
+            parts = []
+            for number, first in enumerate(range(0, size, self.copy_part_bytes), 1):
+                last = min(first + self.copy_part_bytes, size) - 1
+                part = self._call("upload_part_copy", "copy a part to quarantine", {
+                    "Bucket": bucket, "Key": to_key, "UploadId": upload_id, "PartNumber": number,
+                    "CopySource": source, "CopySourceIfMatch": etag, "CopySourceRange": f"bytes={first}-{last}"},
+                    expect=_CHANGED)
+                if part is None:
+                    self.abort_multipart(bucket, to_key, upload_id)
+                    return None
+                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+            return self.complete_multipart(bucket, to_key, upload_id, parts)
+        except BrokerError:
+            self.abort_multipart(bucket, to_key, upload_id)
+            raise
 
     def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         """Every (key, size) under ``prefix``, page by page."""

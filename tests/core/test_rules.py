@@ -139,3 +139,23 @@ def test_an_api_key_wins_over_principals(ruleset: Any) -> None:
                                      (999, "999 bytes"), (2 * 1024**3, "2 GiB")])
 def test_human_size(n: int, text: str) -> None:
     assert human_size(n) == text
+
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")
+
+
+@pytest.mark.parametrize("declared", [SHA, SHA.upper(), "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="])
+def test_a_declared_sha256_is_bound_in_the_form_as_base64(ruleset: Any, declared: str) -> None:
+    decision = rules.evaluate(ruleset, ruleset.clients["web-app"],
+                              UploadRequest("me.png", "image/png", 4, "avatars", sha256=declared),
+                              now=NOW, random_id="a" * 32)
+    assert decision.grant is not None
+    assert decision.grant.fields["x-amz-checksum-sha256"] == "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
+    assert {"x-amz-checksum-sha256": "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="} in decision.grant.conditions()
+
+
+def test_a_sha256_that_is_not_32_bytes_is_a_400(ruleset: Any) -> None:
+    with pytest.raises(InvalidRequest, match="sha256 must be the file's SHA-256"):
+        rules.evaluate(ruleset, ruleset.clients["web-app"],
+                       UploadRequest("me.png", "image/png", 4, "avatars", sha256="abc="),
+                       now=NOW, random_id="a" * 32)

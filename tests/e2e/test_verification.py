@@ -277,3 +277,25 @@ def test_broker_verify_says_what_is_wrong_with_its_arguments(verifying: Verifyin
     assert both.returncode == 2 and "give one s3://bucket/key" in both.stderr
     bad = broker_cli(verifying, "--prefix", "uploads/")
     assert bad.returncode == 2 and "is not s3://bucket/prefix/" in bad.stderr
+
+
+# --------------------------------------------------------------------------- a declared SHA-256, bound in the form
+
+
+def test_a_declared_sha256_is_checked_by_the_store(verifying: Verifying) -> None:
+    """SeaweedFS verifies x-amz-checksum-sha256 on a POST: other bytes than declared are refused (BadDigest)."""
+    data = png()
+    digest = hashlib.sha256(data).hexdigest()
+    grant = call(verifying.broker, "POST", "/uploads", {"filename": "me.png", "content_type": "image/png",
+                                                          "size": len(data), "sha256": digest})
+    assert grant.status == 200, grant
+    fields = grant.body["fields"]
+    other = requests.post(grant.body["url"], data=fields, files={"file": ("me.png", data[:-1] + b"\0", "image/png")},
+                          timeout=30)
+    assert other.status_code == 400 and "BadDigest" in other.text
+    assert not verifying.exists(grant.body["key"])
+    same = requests.post(grant.body["url"], data=fields, files={"file": ("me.png", data, "image/png")}, timeout=30)
+    assert same.status_code in (200, 201, 204), same.text
+    stored = verifying.s3.head_object(Bucket=verifying.bucket, Key=grant.body["key"], ChecksumMode="ENABLED")
+    assert stored["ChecksumSHA256"] == fields["x-amz-checksum-sha256"]
+    assert_verified(verifying, grant.body["key"])

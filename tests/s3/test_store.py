@@ -119,3 +119,48 @@ def test_every_page_of_parts_is_listed() -> None:
     assert [(p.number, p.size, p.etag) for p in parts] == [(1, 5, '"a"'), (2, 3, '"b"')]
     assert stub.calls == [0, 1]
 
+
+
+class Reads(Stub):
+    """A client answering reads of one object; records which operations were called."""
+
+    def __init__(self, body: bytes, tags: int = 0) -> None:
+        super().__init__()
+        self.body, self.tags = body, tags
+
+    def get_object(self, **params: Any) -> Any:
+        self.calls.append(("get_object", params))
+        if not self.body:
+            raise client_error("InvalidRange", 416)
+        first, last = map(int, params["Range"][len("bytes="):].split("-"))
+        chunk = self.body[first:last + 1]
+        return {"Body": io.BytesIO(chunk), "ContentLength": len(chunk), "ETag": '"e"', "ContentType": "image/png",
+                "ContentRange": f"bytes {first}-{first + len(chunk) - 1}/{len(self.body)}", "TagCount": self.tags,
+                "CacheControl": "public", "Metadata": {"Title": "t"}}
+
+    def head_object(self, **params: Any) -> Any:
+        self.calls.append(("head_object", params))
+        return {"ContentLength": 0, "ETag": '"0"', "ContentType": "image/png"}
+
+    def get_object_tagging(self, **params: Any) -> Any:
+        self.calls.append(("get_object_tagging", params))
+        return {"TagSet": [{"Key": "broker-verdict", "Value": "verified"}]}
+
+
+def test_inspect_reads_the_first_bytes_and_the_headers_in_one_call() -> None:
+    reads = Reads(b"x" * 10_000)
+    obj = S3Store(reads).inspect("b", "k", head_bytes=4096)
+    assert obj is not None and [c[0] for c in reads.calls] == ["get_object"]
+    assert reads.calls[0][1]["Range"] == "bytes=0-4095"
+    assert (obj.size, len(obj.head), obj.headers, obj.metadata, obj.tags) == (
+        10_000, 4096, {"Cache-Control": "public"}, {"title": "t"}, {})
+
+
+def test_inspect_reads_tags_only_when_there_are_some_and_heads_an_empty_object() -> None:
+    tagged = Reads(b"x" * 10, tags=1)
+    assert S3Store(tagged).inspect("b", "k", head_bytes=4096).tags == {"broker-verdict": "verified"}  # type: ignore[union-attr]
+    assert [c[0] for c in tagged.calls] == ["get_object", "get_object_tagging"]
+    empty = Reads(b"")
+    obj = S3Store(empty).inspect("b", "k", head_bytes=4096)
+    assert obj is not None and (obj.size, obj.head) == (0, b"")
+    assert [c[0] for c in empty.calls] == ["get_object", "head_object"]
