@@ -124,6 +124,9 @@ def rule_prefix(rule: Rule) -> str:
 
 def may_start_with(rule: Rule, prefix: str) -> bool:
     """Whether some key the rule's template can make starts with ``prefix`` (exact for prefixes ending in '/')."""
+    literal = rule.key_template.split("{", 1)[0]
+    if literal and not (literal.startswith(prefix) or prefix.startswith(literal)):
+        return False  # the template's fixed start already tells (most rules: checked once per rules load)
     parts: list[tuple[str, str | None]] = []  # (literal, None) or ("", a placeholder's pattern)
     for literal, name in parse_template(rule.key_template):
         if literal:

@@ -71,9 +71,10 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
     from broker.errors import ConfigError
     from broker.deploy.iam import PolicyError, Target, policy_document, verifier_policy_document
 
-    if args.verifier and args.verify_uploads:
-        print("broker iam-policy: --verify-uploads widens the signer's policy; it means nothing with "
-              "--verifier (whose policy already reads and deletes at the rule prefixes)", file=sys.stderr)
+    if args.verifier and (args.verify_uploads or args.verdicts):
+        print("broker iam-policy: --verify-uploads and --verdicts widen the signer's policy; they mean "
+              "nothing with --verifier (whose policy already reads and deletes at the rule prefixes)",
+              file=sys.stderr)
         return 2
     try:
         ruleset = _load(args.rules)
@@ -84,7 +85,7 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
             policy = verifier_policy_document(ruleset, rules_location=args.rules_location, target=target)
         else:
             policy = policy_document(ruleset, rules_location=args.rules_location, target=target,
-                                     verify_uploads=args.verify_uploads)
+                                     verify_uploads=args.verify_uploads, verdicts=args.verdicts)
     except (ConfigError, PolicyError) as exc:
         return _rules_problem(exc)
     print(json.dumps(policy, indent=2))
@@ -141,6 +142,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--verifier", action="store_true",
                    help="print the verifier function's policy (lambda_handler.verify_handler, "
                         "triggered by the bucket's ObjectCreated events) instead of the signer's")
+    p.add_argument("--verdicts", action="store_true",
+                   help="also allow s3:GetObject and s3:GetObjectTagging under the rule prefixes and the "
+                        "quarantine, for GET /uploads/verdict (clients asking what the verifier found)")
     p.add_argument("--verify-uploads", action="store_true",
                    help="also allow s3:GetObject and s3:DeleteObject under the rule prefixes, for "
                         "Fine Uploader's upload-success check (a broker with long-lived keys only: "

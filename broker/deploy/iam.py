@@ -18,6 +18,8 @@ action                          granted on / when
 ``s3:GetObject``,               every rule's prefix, only with ``verify_uploads``: the
 ``s3:DeleteObject``             Fine Uploader upload-success check reads the stored
                                 object and deletes one that breaks its rule
+``s3:GetObject``,               every rule's prefix and the quarantine, only with
+``s3:GetObjectTagging``         ``verdicts``: ``GET /uploads/verdict`` reads the verdict
 =============================  ===================================================
 
 A prefix is everything in the key template before the first per-request placeholder;
@@ -163,8 +165,13 @@ def _kms_statements(rules: list[Rule], target: Target, *, reader: bool = False) 
 
 
 def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
-                    target: Target = Target(), verify_uploads: bool = False) -> dict[str, Any]:
-    """The IAM policy document the broker's signing role needs for ``ruleset``."""
+                    target: Target = Target(), verify_uploads: bool = False,
+                    verdicts: bool = False) -> dict[str, Any]:
+    """The IAM policy document the broker's signing role needs for ``ruleset``.
+
+    ``verdicts``: also read objects and their tags at the rule prefixes and in the quarantine,
+    for ``GET /uploads/verdict`` (a client asking what the verifier found).
+    """
     rules = _rules(ruleset)
     needs: list[tuple[str, list[str], list[Rule]]] = [
         ("VerifyAndRemoveRefusedUploads", ["s3:DeleteObject", "s3:GetObject"],
@@ -177,6 +184,10 @@ def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
     ]
     statements = [_statement(sid, actions, object_arns(map(_where, chosen), target))
                   for sid, actions, chosen in needs if chosen]
+    if verdicts and rules:
+        statements.append(_statement("ReadVerdicts", ["s3:GetObject", "s3:GetObjectTagging"],
+                                     sorted({*object_arns(map(_where, rules), target),
+                                             *quarantine_arns(ruleset, target)})))
     statements.extend(_kms_statements(rules, target))
     statements.extend(_rules_object_statements(rules_location, target))
     return {"Version": POLICY_VERSION, "Statement": statements}

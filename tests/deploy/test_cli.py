@@ -50,8 +50,10 @@ def test_cors_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.param(["cors", "rules.yaml", "--bucket", "nope-bucket"], "no rule writes", id="cors-unknown-bucket"),
     pytest.param(["iam-policy", "rules.yaml", "--rules-location", "s3://only-bucket"], "s3://bucket/path",
                  id="bad-rules-location"),
-    pytest.param(["iam-policy", "rules.yaml", "--verifier", "--verify-uploads"], "means nothing with --verifier",
+    pytest.param(["iam-policy", "rules.yaml", "--verifier", "--verify-uploads"], "mean nothing with --verifier",
                  id="verifier-with-verify-uploads"),
+    pytest.param(["iam-policy", "rules.yaml", "--verifier", "--verdicts"], "mean nothing with --verifier",
+                 id="verifier-with-verdicts"),
 ])
 def test_errors_exit_2_with_a_message(capsys: pytest.CaptureFixture[str], monkeypatch: Any,
                                       argv: list[str], message: str) -> None:

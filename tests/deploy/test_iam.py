@@ -250,3 +250,14 @@ def test_signer_and_verifier_share_no_write(ruleset: Any) -> None:
     verifier = {a for s in verifier_policy_document(ruleset)["Statement"] for a in s["Action"]}
     assert "s3:GetObject" not in signer and "s3:DeleteObject" not in signer
     assert verifier.isdisjoint({"s3:PutObjectAcl", "s3:AbortMultipartUpload", "s3:ListBucket", "kms:GenerateDataKey"})
+
+
+def test_verdicts_add_reads_of_the_rule_prefixes_and_the_quarantine_only(ruleset: Any) -> None:
+    plain, wider = policy_document(ruleset), policy_document(ruleset, verdicts=True)
+    assert "ReadVerdicts" not in statements(plain)
+    actions, resources = statements(wider)["ReadVerdicts"]
+    assert actions == ["s3:GetObject", "s3:GetObjectTagging"]
+    assert "arn:aws:s3:::broker-uploads/quarantine/*" in resources
+    assert all(r.startswith("arn:aws:s3:::broker-uploads/") and r.endswith("/*") for r in resources)
+    assert "arn:aws:s3:::broker-uploads/*" not in resources
+    assert findings(wider) == []

@@ -281,7 +281,8 @@ class FineUploader:
             return self._refuse(call, event, refusal(decision.client, rule.name, problems))
         call.broker.emit(common.allowed_record(
             call, event=event, rule=rule, key=limits.key, upload_id=rest.upload_id_decoded,
-            part_number=rest.part_number, size=size, content_type=limits.fields.get("Content-Type"),
+            part_number=rest.part_number, size=size, size_at="signing" if size is not None else None,
+            content_type=limits.fields.get("Content-Type"),
             size_range=[limits.min_bytes, limits.max_bytes]))
         return HttpResponse.json(200, {"signature": signature})
 

@@ -278,7 +278,7 @@ def test_complete_is_signed_only_when_the_stored_parts_fit_the_rule(broker_with:
     assert answer.status == status, answer
     rec = audit_lines(audit_stream)[-1]
     schemas.validator("audit").validate(rec)
-    assert rec["event"] == "fineuploader_complete" and rec["size"] == sum(sizes)
+    assert rec["event"] == "fineuploader_complete" and rec["size"] == sum(sizes) and rec["size_at"] == "signing"
     if check:
         assert answer.body["check"] == check and "aborted" in answer.body["error"]
         uploads = s3_client.list_multipart_uploads(Bucket="broker-uploads", Prefix=granted["key"])
