@@ -270,7 +270,8 @@ class FineUploader:
             if not verdict.allowed:
                 call.broker.store.abort_multipart(limits.bucket, limits.key, upload_id)
                 verdict = with_outcome(verdict, "the upload was aborted and nothing is stored")
-                return self._refuse(call, event, verdict, key=limits.key, upload_id=upload_id, size=total)
+                return self._refuse(call, event, verdict, key=limits.key, upload_id=upload_id, size=total,
+                                    size_at="signing")
             size = total
         signature, signed_headers = call.broker.store.sigv4.sign_rest(
             method=rest.method, key=rest.key, query=rest.query, headers=rest.headers, amz_date=rest.amz_date,
