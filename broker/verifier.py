@@ -70,6 +70,7 @@ class Verifier:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recent: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._prefixes: tuple[Any, list[tuple[str, str]]] | None = None  # (the rules they are of, prefixes)
 
     def verify_object(self, bucket: str, key: str, *, etag: str | None = None, source: str = "event",
                       act: bool = True, request_id: str | None = None) -> Outcome:
@@ -77,6 +78,9 @@ class Verifier:
         ruleset = self.rules.current()
         if key.startswith(ruleset.quarantine_prefix):
             return Outcome("skipped", bucket, key, note="in the quarantine prefix")
+        if not any(b == bucket and key.startswith(p) for b, p in self.prefixes()):
+            # Not under any rule's prefix: not an upload, so not the verifier's to judge (or move).
+            return Outcome("skipped", bucket, key, note="under no rule's prefix")
         if etag and (bucket, key, etag.strip('"')) in self._recent:
             return Outcome("skipped", bucket, key, note="already judged (duplicate event)")
         with self._lock_for(bucket, key):
@@ -132,12 +136,16 @@ class Verifier:
 
     def prefixes(self) -> list[tuple[str, str]]:
         """(bucket, fixed key prefix) of every rule in force, without prefixes inside others."""
-        found = sorted({(r.bucket, rule_prefix(r)) for c in self.rules.current().clients.values()
-                        for r in c.rules.values()})
+        ruleset = self.rules.current()
+        cached = self._prefixes
+        if cached is not None and cached[0] is ruleset:
+            return cached[1]
+        found = sorted({(r.bucket, rule_prefix(r)) for c in ruleset.clients.values() for r in c.rules.values()})
         out: list[tuple[str, str]] = []
         for bucket, prefix in found:
             if not any(b == bucket and prefix.startswith(p) for b, p in out):
                 out.append((bucket, prefix))
+        self._prefixes = (ruleset, out)
         return out
 
     def _lock_for(self, bucket: str, key: str) -> threading.Lock:

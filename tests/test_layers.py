@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.graphs import cycles as find_cycles
+
 ROOT = Path(__file__).resolve().parent.parent
 STORE_PACKAGE = "broker.s3"
 AWS_SDK = ("boto3", "botocore")
@@ -129,27 +131,7 @@ def floor_violations(modules: dict[str, tuple[str, bool]]) -> list[str]:
 
 def cycles(modules: dict[str, tuple[str, bool]]) -> list[list[str]]:
     """Import cycles (each as the path that closes it), found by depth-first search."""
-    edges = graph(modules)
-    # `from broker.x import y` also runs broker/x/__init__.py: count the package's own edges too
-    found: list[list[str]] = []
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(edges.get(node, ())):
-            if state.get(nxt) == 1:
-                found.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(edges):
-        if node not in state:
-            visit(node)
-    return found
+    return find_cycles(graph(modules))
 
 
 # --------------------------------------------------------------------------- the house as it is

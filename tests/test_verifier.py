@@ -220,3 +220,23 @@ def test_a_sweep_judges_only_what_has_no_verdict(verifier: Verifier, bucket: Obj
 ])
 def test_tag_values_keep_to_what_s3_allows(value: Any, text: str) -> None:
     assert tag_value(value) == text
+
+
+@pytest.mark.parametrize("bucket_name, key", [
+    ("another-bucket", KEY), ("broker-uploads", "backups/2026/db.tar"), ("broker-uploads", "uploads/other/x.png"),
+])
+def test_objects_under_no_rules_prefix_are_not_the_verifiers(verifier: Verifier, bucket: Objects, audit: io.StringIO,
+                                                              bucket_name: str, key: str) -> None:
+    bucket.objects[(bucket_name, key)] = StoredObject(bucket_name, key, 6, '"x"', "text/html", head=b"<html>")
+    outcome = verifier.verify_object(bucket_name, key)
+    assert (outcome.status, outcome.note) == ("skipped", "under no rule's prefix")
+    assert (bucket_name, key) in bucket.objects and lines(audit) == [] and bucket.calls == []
+
+
+def test_a_stray_object_under_a_rules_prefix_is_quarantined(verifier: Verifier, bucket: Objects) -> None:
+    """Written by someone with the store's credentials, not through a grant: no template made its key."""
+    stray = "uploads/web-app/avatars/not-a-granted-name.png"
+    bucket.put(stray, png())
+    outcome = verifier.verify_object("broker-uploads", stray)
+    assert outcome.status == "rejected" and outcome.verdict is not None
+    assert outcome.verdict.failures[0].check.value == "key_not_granted"

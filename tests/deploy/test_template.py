@@ -30,6 +30,7 @@ from broker.deploy.iam import merge_prefixes, policy_document, verifier_policy_d
 from broker.deploy.template import TemplateError, notification_prefixes, set_code_uri, update_template
 from broker.core.keys import rule_prefix
 from tests.conftest import ROOT
+from tests.graphs import cycles
 
 TEMPLATE = ROOT / "template.yaml"
 CODE_URI = "s3://deploy-artifacts/lambda.zip"
@@ -230,25 +231,7 @@ def dependency_cycles(cfn: dict[str, Any]) -> list[list[str]]:
     resources = cfn["Resources"]
     edges = {name: {d for d in references(r.get("Properties", {})) | set(r.get("DependsOn", []))
                     if d in resources} for name, r in resources.items()}
-    found: list[list[str]] = []
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(edges[node]):
-            if state.get(nxt) == 1:
-                found.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(edges):
-        if node not in state:
-            visit(node)
-    return found
+    return cycles(edges)
 
 
 def test_no_circular_dependency_between_bucket_notification_and_permission(cfn: dict[str, Any]) -> None:
