@@ -20,6 +20,8 @@ from broker.core.mediatypes import extension_agrees, parse_content_type, type_ma
 from broker.models import Check, Client, Credentials, Decision, Grant, Rule, RuleSet, UploadRequest
 
 MAX_METADATA_BYTES = 2048  # S3's limit for all user metadata of one object
+#: The metadata name a declared SHA-256 is kept under (base64), beside the store's own checksum.
+DECLARED_SHA256 = "declared-sha256"
 
 
 def api_key_hash(api_key: str) -> str:
@@ -193,4 +195,5 @@ def object_fields(rule: Rule, content_type: str, filename: str,
         fields["success_action_status"] = rule.success_action_status
     if checksum is not None:  # a store that checks it refuses any other bytes (S3: BadDigest)
         fields["x-amz-checksum-sha256"] = checksum
+        fields[f"x-amz-meta-{DECLARED_SHA256}"] = checksum  # kept with the object, for the verifier to compare
     return fields

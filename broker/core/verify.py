@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 from broker.core.grants import key_matches
 from broker.core.mediatypes import parse_content_type, type_matches
+from broker.core.rules import DECLARED_SHA256
 from broker.core.sizes import human_size
 from broker.errors import InvalidRequest
 from broker.models import Rule, RuleSet, StoredObject
@@ -50,8 +51,9 @@ SAME_KIND: dict[str, frozenset[str]] = {
 _ZIPPED = ("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.")
 #: Stored headers no rule ever sets: any of them means something the broker did not sign.
 FOREIGN_HEADERS = ("Content-Encoding", "Content-Language", "Expires", "x-amz-website-redirect-location")
-#: Metadata a protocol adds itself (Fine Uploader's filename, pinned by its checked policy).
-PROTOCOL_METADATA = frozenset({"qqfilename"})
+#: Metadata the broker or a protocol adds itself: Fine Uploader's filename (pinned by its checked
+#: policy) and a declared SHA-256 (signed in the form like every field).
+PROTOCOL_METADATA = frozenset({"qqfilename", DECLARED_SHA256})
 
 
 class VerifyCheck(str, Enum):
@@ -65,6 +67,7 @@ class VerifyCheck(str, Enum):
     ACTIVE_CONTENT = "active_content"
     HEADER_NOT_ALLOWED = "header_not_allowed"
     METADATA_NOT_ALLOWED = "metadata_not_allowed"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,16 @@ def check_metadata(rule: Rule, obj: StoredObject, sniff: Sniff) -> Iterator[Fail
                       {n: rule.metadata[n] for n in wrong}, {n: stored.get(n) for n in wrong})
 
 
+def check_checksum(rule: Rule, obj: StoredObject, sniff: Sniff) -> Iterator[Failure]:
+    """A declared SHA-256 equals the checksum the store keeps for the object (where it keeps one)."""
+    declared = obj.metadata.get(DECLARED_SHA256)
+    if declared is not None and obj.checksum_sha256 is not None and obj.checksum_sha256 != declared:
+        yield Failure(VerifyCheck.CHECKSUM_MISMATCH, "the store's SHA-256 of the object is not the declared one",
+                      declared, obj.checksum_sha256)
+
+
 CHECKS: tuple[Callable[[Rule, StoredObject, Sniff], Iterator[Failure]], ...] = (
-    check_size, check_content_type, check_bytes, check_headers, check_metadata,
+    check_size, check_content_type, check_bytes, check_headers, check_metadata, check_checksum,
 )
 
 
@@ -251,5 +262,6 @@ def describe(check: str, expected: str | None, actual: str | None) -> str:
         VerifyCheck.HEADER_NOT_ALLOWED.value: f"a stored header is not what the rule sets ({actual})",
         VerifyCheck.METADATA_NOT_ALLOWED.value: f"metadata not allowed ({actual})",
         VerifyCheck.KEY_NOT_GRANTED.value: "no rule grants this key",
+        VerifyCheck.CHECKSUM_MISMATCH.value: "the stored SHA-256 is not the declared one",
     }
     return words.get(check, check)

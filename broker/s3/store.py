@@ -199,10 +199,18 @@ class S3Store:
                 return None
             tags = {t["Key"]: t["Value"] for t in found.get("TagSet", [])}
         headers = {name: str(out[field]) for field, name in _STORED_HEADERS.items() if out.get(field)}
+        metadata = {str(k).lower(): str(v) for k, v in (out.get("Metadata") or {}).items()}
+        checksum = out.get("ChecksumSHA256")
+        if checksum is None and any(k.endswith("sha256") for k in metadata):
+            # A ranged read carries no whole-object checksum: ask for it where one was declared
+            whole = self._call("head_object", "read the object's checksum",
+                               {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}, expect=missing)
+            if whole is None:
+                return None
+            checksum = whole.get("ChecksumSHA256")
         return StoredObject(
             bucket=bucket, key=key, size=size, etag=str(out.get("ETag", "")), content_type=out.get("ContentType"),
-            metadata={str(k).lower(): str(v) for k, v in (out.get("Metadata") or {}).items()},
-            headers=headers, checksum_sha256=out.get("ChecksumSHA256"), tags=tags, head=head)
+            metadata=metadata, headers=headers, checksum_sha256=checksum, tags=tags, head=head)
 
     def tag(self, bucket: str, key: str, tags: Mapping[str, str]) -> None:
         """Replace the object's tags."""

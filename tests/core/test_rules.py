@@ -152,6 +152,7 @@ def test_a_declared_sha256_is_bound_in_the_form_as_base64(ruleset: Any, declared
     assert decision.grant is not None
     assert decision.grant.fields["x-amz-checksum-sha256"] == "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
     assert {"x-amz-checksum-sha256": "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="} in decision.grant.conditions()
+    assert decision.grant.fields["x-amz-meta-declared-sha256"] == decision.grant.fields["x-amz-checksum-sha256"]
 
 
 def test_a_sha256_that_is_not_32_bytes_is_a_400(ruleset: Any) -> None:

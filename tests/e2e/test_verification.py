@@ -298,4 +298,5 @@ def test_a_declared_sha256_is_checked_by_the_store(verifying: Verifying) -> None
     assert same.status_code in (200, 201, 204), same.text
     stored = verifying.s3.head_object(Bucket=verifying.bucket, Key=grant.body["key"], ChecksumMode="ENABLED")
     assert stored["ChecksumSHA256"] == fields["x-amz-checksum-sha256"]
-    assert_verified(verifying, grant.body["key"])
+    assert stored["Metadata"]["declared-sha256"] == fields["x-amz-checksum-sha256"]
+    assert_verified(verifying, grant.body["key"])  # the verifier compared the store's checksum with it
