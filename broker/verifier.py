@@ -35,6 +35,10 @@ from broker.s3.store import S3Store
 from broker.sniff import SNIFF_BYTES, Sniffer
 
 VERDICT_TAG = "broker-verdict"
+#: The ETag of the object the verdict is about. Tagging cannot be made conditional, so an object
+#: replaced between its read and its tag (a form posted again) carries a verdict that is not its
+#: own: its ETag differs, and it is judged anew when its own event comes.
+ETAG_TAG = "broker-etag"
 CHECK_TAG = "broker-check"
 EXPECTED_TAG = "broker-expected"
 ACTUAL_TAG = "broker-actual"
@@ -89,7 +93,7 @@ class Verifier:
                 log_event("verification_skipped", bucket=bucket, key=key[:1024], source=source,
                           note="the object is gone")
                 return Outcome("skipped", bucket, key, note="the object is gone")
-            if act and obj.tags.get(VERDICT_TAG):
+            if act and has_verdict(obj.tags, obj.etag):
                 self._remember(obj.bucket, obj.key, obj.etag)
                 return Outcome("skipped", bucket, key, note=f"already {obj.tags[VERDICT_TAG]} (duplicate event)")
             found = self.sniffer.sniff(obj.head)
@@ -104,7 +108,7 @@ class Verifier:
         if verdict.verified:
             self._emit(verification_record(now=now, verdict=verdict, action="tagged", source=source,
                                            request_id=request_id))
-            self.store.tag(obj.bucket, obj.key, {**obj.tags, VERDICT_TAG: "verified"})
+            self.store.tag(obj.bucket, obj.key, {**obj.tags, VERDICT_TAG: "verified", ETAG_TAG: etag_tag(obj.etag)})
             self._remember(obj.bucket, obj.key, obj.etag)
             return Outcome("verified", obj.bucket, obj.key, verdict, "tagged")
         if verdict.rule is not None and verdict.rule.on_reject == "delete":
@@ -162,6 +166,16 @@ class Verifier:
             self._recent[(bucket, key, etag.strip('"'))] = key
             while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
+
+
+def etag_tag(etag: str) -> str:
+    """An ETag as the value of :data:`ETAG_TAG`."""
+    return tag_value(etag.strip('"'))
+
+
+def has_verdict(tags: Any, etag: str) -> bool:
+    """Whether ``tags`` hold a verdict about the object with ``etag`` (not about one it replaced)."""
+    return bool(tags.get(VERDICT_TAG)) and tags.get(ETAG_TAG) == etag_tag(etag)
 
 
 def tag_value(value: Any) -> str:

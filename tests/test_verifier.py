@@ -106,7 +106,8 @@ def test_a_real_png_is_tagged_verified_after_its_audit_line(verifier: Verifier, 
     bucket.put(KEY, png())
     outcome = verifier.verify_object("broker-uploads", KEY, source="test")
     assert (outcome.status, outcome.action) == ("verified", "tagged")
-    assert bucket.objects[("broker-uploads", KEY)].tags == {VERDICT_TAG: "verified"}
+    etag = bucket.objects[("broker-uploads", KEY)].etag.strip('"')
+    assert bucket.objects[("broker-uploads", KEY)].tags == {VERDICT_TAG: "verified", "broker-etag": etag}
     (rec,) = lines(audit)
     assert rec["event"] == "verification" and rec["verdict"] == "verified" and rec["action"] == "tagged"
     assert (rec["client"], rec["profile"], rec["sniffed"], rec["size"]) == ("web-app", "avatars", "image/png",
@@ -167,6 +168,25 @@ def test_a_rejected_objects_late_duplicate_finds_it_gone(verifier: Verifier, buc
     assert later.verify_object("broker-uploads", KEY).status == "skipped"
     assert later.verify_object("broker-uploads", f"quarantine/{KEY}").note == "in the quarantine prefix"
     assert len(lines(audit)) == 1
+
+
+def test_an_object_replaced_between_its_read_and_its_tag_is_judged_again(verifier: Verifier, bucket: Objects,
+                                                                         audit: io.StringIO) -> None:
+    """Tagging cannot be conditional: a form posted again (HTML, this time) lands between the read and
+    the tag, and carries the first object's verdict; its own event sees that the verdict is not its own."""
+    bucket.put(KEY, png())
+    real_tag = bucket.tag
+
+    def replaced_then_tagged(b: str, k: str, tags: dict[str, str]) -> None:
+        bucket.put(KEY, b"<html><script>alert(1)</script></html>")  # same key, new ETag
+        real_tag(b, k, tags)
+
+    bucket.tag = replaced_then_tagged  # type: ignore[method-assign]
+    assert verifier.verify_object("broker-uploads", KEY).status == "verified"  # judged the PNG
+    bucket.tag = real_tag  # type: ignore[method-assign]
+    again = verifier.verify_object("broker-uploads", KEY)  # the HTML's own event
+    assert (again.status, again.action) == ("rejected", "quarantined")
+    assert [r["verdict"] for r in lines(audit)] == ["verified", "rejected"]
 
 
 @pytest.mark.parametrize("failing", ["inspect", "tag", "move"])

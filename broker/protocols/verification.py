@@ -17,7 +17,7 @@ from broker.core.grants import rules_for_key
 from broker.core.verify import describe
 from broker.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthenticated
 from broker.protocols import BODY_LIMITS
-from broker.verifier import ACTUAL_TAG, CHECK_TAG, EXPECTED_TAG, VERDICT_TAG
+from broker.verifier import ACTUAL_TAG, CHECK_TAG, EXPECTED_TAG, VERDICT_TAG, has_verdict
 from broker.web import HttpResponse
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def verdict(call: "Call") -> HttpResponse:
     store = call.broker.store
     obj = store.inspect(rule.bucket, key, head_bytes=0)
     if obj is not None:
-        status = obj.tags.get(VERDICT_TAG) or "pending"
+        status = obj.tags[VERDICT_TAG] if has_verdict(obj.tags, obj.etag) else "pending"
         return HttpResponse.json(200, {"key": key, "status": status,
                                        "message": {"verified": "verified", "pending": "not verified yet"}
                                        .get(status, status)})
