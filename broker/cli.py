@@ -243,7 +243,10 @@ def _print_outcome(outcome: Any, args: argparse.Namespace, *, single: bool) -> i
         print(line)
     if not single:
         return 0
-    return {"verified": 0, "rejected": 1}.get(outcome.status, 2)
+    status = outcome.status
+    if status == "skipped" and outcome.note.startswith("already "):  # judged before: that verdict stands
+        status = outcome.note.split()[1]
+    return {"verified": 0, "rejected": 1}.get(status, 2)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -349,7 +352,7 @@ quarantine_prefix (or deleted, if its rule says on_reject: delete). Each verdict
 line (to BROKER_AUDIT_FILE, else standard error). Objects already judged are skipped.""",
         epilog="""\
 exit status:
-  one object: 0 verified, 1 rejected, 2 missing or an error
+  one object: 0 verified (now, or before), 1 rejected, 2 missing, outside the rules, or an error
   a sweep:    0 nothing rejected, 1 something rejected, 2 an error
 
 examples:
