@@ -8,6 +8,7 @@ to ``Broker.router`` when :mod:`broker.service` assembles a broker; they all go 
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -97,14 +98,17 @@ class Broker:
         self.body_limits: dict[str, int] = {}  # paths that take larger bodies than max_body_bytes
         self.events_token = events_token  # BROKER_EVENTS_TOKEN: the store's events may be posted here
         self._verifier: Any = None
+        self._verifier_lock = threading.Lock()
 
     @property
     def verifier(self) -> Any:
         """The :class:`broker.verifier.Verifier` judging stored objects with this broker's rules and store."""
         if self._verifier is None:
-            from broker.verifier import Verifier  # loaded when first needed: a signer never does
+            with self._verifier_lock:  # one per broker: its per-object locks must be the only ones
+                if self._verifier is None:
+                    from broker.verifier import Verifier  # loaded when first needed: a signer never does
 
-            self._verifier = Verifier(self.rules, self.store, self.audit_log, clock=self.clock)
+                    self._verifier = Verifier(self.rules, self.store, self.audit_log, clock=self.clock)
         return self._verifier
 
     # ------------------------------------------------------------------ decide, sign, audit
