@@ -132,7 +132,7 @@ class Verifying:
         lines = [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
         return [r for r in lines if r.get("event") == "verification" and (key is None or r.get("key") == key)]
 
-    def wait_for_verdict(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
+    def wait_for_verdict(self, key: str, timeout: float = 20.0) -> dict[str, Any]:
         """The verification line for ``key``, once the store's event has reached the verifier."""
         import time
 
@@ -148,7 +148,7 @@ class Verifying:
         """Whether ``key`` is stored now."""
         return self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key).get("KeyCount", 0) > 0
 
-    def settled(self, key: str, timeout: float = 10.0) -> bool:
+    def settled(self, key: str, timeout: float = 20.0) -> bool:
         """Whether ``key`` is stored, once the verifier is done with it (the line is written before it acts)."""
         import time
 
@@ -156,7 +156,10 @@ class Verifying:
         while time.monotonic() < deadline:
             if not self.exists(key):
                 return False
-            tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+            try:
+                tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+            except self.s3.exceptions.NoSuchKey:
+                continue  # moved away between the two reads: the next look says so
             if any(t["Key"] == "broker-verdict" for t in tags):
                 return True
             time.sleep(0.1)
