@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
-from broker.errors import NotFound, PayloadTooLarge
+from broker.errors import InvalidRequest, NotFound, PayloadTooLarge, RequestError
 from broker.web import HttpRequest, HttpResponse
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "static"
+#: Query parameters one request may carry (the broker's routes use a handful).
+MAX_QUERY_FIELDS = 200
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large", 415: "Unsupported Media Type",
@@ -45,7 +47,10 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
         if len(body) > max_body_bytes:
             raise PayloadTooLarge(f"the request body is over {max_body_bytes} bytes, the limit")
     query_string = environ.get("QUERY_STRING")
-    query = parse_qs(query_string, keep_blank_values=True, max_num_fields=200) if query_string else {}
+    try:
+        query = parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS) if query_string else {}
+    except ValueError:  # more fields than that: a 400 with a request id and an audit line, never a 500
+        raise InvalidRequest(f"the query has more than {MAX_QUERY_FIELDS} parameters", path="$.query") from None
     path = environ.get("PATH_INFO") or "/"
     if not path.isascii():
         try:  # PEP 3333 hands PATH_INFO over as latin-1; undo that to get the UTF-8 path
@@ -88,7 +93,7 @@ class WsgiApp:
         try:
             request = to_request(environ, self.broker.body_limits.get(environ.get("PATH_INFO") or "/",
                                                                       self.broker.max_body_bytes))
-        except PayloadTooLarge as exc:
+        except RequestError as exc:  # too large, or a query flood: refused before the broker saw it
             response = self._refuse(environ, exc)
         else:
             response = None
@@ -107,8 +112,8 @@ class WsgiApp:
         start_response(status, headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
 
-    def _refuse(self, environ: dict[str, Any], exc: PayloadTooLarge) -> HttpResponse:
-        """Audit and answer a request refused before the broker saw it (its body is too large).
+    def _refuse(self, environ: dict[str, Any], exc: RequestError) -> HttpResponse:
+        """Audit and answer a request refused before the broker saw it (its body or its query is too large).
 
         No ``Connection: close``: it is hop-by-hop, and waitress turns it into a 500 (PEP 3333).
         waitress has read the whole body before calling us, so the connection stays usable;
@@ -118,7 +123,7 @@ class WsgiApp:
         from broker.fast.ids import new_random_id
         from broker.models import RequestContext
 
-        request = to_request({**environ, "CONTENT_LENGTH": "0"}, 0)  # the headers, not the body
+        request = to_request({**environ, "CONTENT_LENGTH": "0", "QUERY_STRING": ""}, 0)  # the headers only
         request = dataclasses.replace(request, request_id=new_random_id())
         call = Call(self.broker, request, self.broker.clock(), RequestContext(
             request_id=request.request_id, source_ip=request.source_ip,

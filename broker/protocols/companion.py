@@ -43,7 +43,7 @@ PROTOCOL = "companion"
 #: Uppy's own meta fields: they describe the file, they are not object metadata.
 UPPY_META = frozenset({"name", "type", "relativePath", "relativepath"})
 _PART = re.compile(r"^[1-9][0-9]{0,4}$")
-_UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
+_UPLOAD_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._~+=-]{1,1024}$")  # never "." or "..": path segments
 
 
 def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
@@ -215,6 +215,7 @@ class Companion:
         numbers = [n.strip() for n in (call.request.query_one("partNumbers") or "").split(",") if n.strip()]
         if not numbers or len(numbers) > 1000:
             raise InvalidRequest("partNumbers must list 1 to 1000 part numbers", path="$.query.partNumbers")
+        numbers = list(dict.fromkeys(numbers))  # each part signed once: "1,1,1,..." is one signature, not 1,000
         urls: dict[str, str] = {}
         seconds = 0
         for number in numbers:

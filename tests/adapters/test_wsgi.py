@@ -266,3 +266,19 @@ def test_line_stream_writes_each_line_whole(monkeypatch: pytest.MonkeyPatch) -> 
                 os.close(fd)
             except OSError:
                 pass
+
+
+def test_a_query_flood_is_a_400_with_a_request_id_and_an_audit_line(broker: Any, audit_stream: Any) -> None:
+    """More query parameters than the adapter parses: never a 500, on the WSGI side as on Lambda's."""
+    started: list[Any] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "wsgi.input": io.BytesIO(b""),
+               "QUERY_STRING": "&".join(f"p{i}=1" for i in range(wsgi.MAX_QUERY_FIELDS + 1)),
+               "REMOTE_ADDR": "203.0.113.7"}
+    body = b"".join(wsgi.WsgiApp(broker)(environ, lambda status, headers: started.append((status, headers))))
+    status, headers = started[0]
+    assert status.startswith("400 ")
+    answer = json.loads(body)
+    assert answer["error"] == "invalid_request" and "more than 200 parameters" in answer["message"]
+    request_id = dict(headers)["X-Request-Id"]
+    (rec,) = [json.loads(line) for line in audit_stream.getvalue().splitlines()]
+    assert rec["request_id"] == request_id and rec["status"] == 400 and rec["path"] == "$.query"

@@ -47,7 +47,7 @@ TOKEN = issue_token(GRANT, SECRET)
     pytest.param(TOKEN[:-2] + ("AA" if not TOKEN.endswith("AA") else "BB"), "not issued by this broker",
                  id="mac_changed"),
     pytest.param(issue_token(GRANT, b"t" * 32), "not issued by this broker", id="other_secret"),
-    pytest.param(TOKEN.split(".")[0] + ".%%%", "not issued by this broker", id="mac_not_base64"),
+    pytest.param(TOKEN.split(".")[0] + ".%%%", "malformed", id="mac_not_base64"),
     pytest.param("\u00e9." + TOKEN.split(".")[1], "not issued by this broker", id="non_ascii_body"),
     pytest.param(issue_token(replace(GRANT, expires_at=int(NOW.timestamp())), SECRET), "expired", id="expired"),
 ])
@@ -99,3 +99,17 @@ def test_rules_for_key_finds_the_one_rule(ruleset: Any) -> None:
 
     assert [r.name for r in rules_for_key(client, key)] == ["videos"]
     assert rules_for_key(ruleset.clients["partner-acme"], key) == ()
+
+
+def test_only_the_canonical_spelling_of_a_token_is_accepted() -> None:
+    """Base64 has spellings that decode to the same bytes (unused low bits, padding): only one is the token."""
+    token = issue_token(GRANT, SECRET)
+    body, mac = token.split(".")
+    assert verify_token(token, SECRET, now=NOW) == GRANT
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(mac[-1])
+    twin = mac[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last ^ 1]
+    assert base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)) == base64.urlsafe_b64decode(
+        mac + "=" * (-len(mac) % 4))  # the same MAC bytes, another spelling
+    for other in (f"{body}.{twin}", f"{body}.{mac}=", f"{body}.{mac}=="):
+        with pytest.raises(TokenError, match="malformed"):
+            verify_token(other, SECRET, now=NOW)

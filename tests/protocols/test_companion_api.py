@@ -262,3 +262,21 @@ def test_abort_deletes_the_parts(fu_broker: Any, s3_client: Any, audit_stream: A
     assert (answer.status, answer.body) == (200, {})
     assert s3_client.list_multipart_uploads(Bucket="broker-uploads", Prefix=body["key"]).get("Uploads", []) == []
     assert companion_audit(audit_stream)[-1]["event"] == "multipart_abort"
+
+
+def test_batch_signs_each_part_once(fu_broker: Any, audit_stream: Any) -> None:
+    """'1,1,1,...' is one signature, not a thousand (presign amplification)."""
+    body = started(fu_broker)
+
+    answer = call(fu_broker, "GET", f"/s3/multipart/{body['uploadId']}/batch",
+                  query={"key": body["key"], "partNumbers": ",".join(["1"] * 999 + ["2"])})
+
+    assert answer.status == 200 and sorted(answer.body["presignedUrls"]) == ["1", "2"]
+    assert audit_lines(audit_stream)[-1]["actual"] == [1, 2]
+
+
+@pytest.mark.parametrize("upload_id", [".", ".."])
+def test_dot_segments_are_not_upload_ids(fu_broker: Any, upload_id: str) -> None:
+    body = started(fu_broker)
+    answer = call(fu_broker, "GET", f"/s3/multipart/{upload_id}/1", query={"key": body["key"]})
+    assert answer.status == 400 and "malformed" in answer.body["message"]

@@ -226,6 +226,9 @@ def _scan_conditions(conditions: list[Any]) -> _Scan:
                 scan.problems.append(Violation(path, f"the value of {short(name)} must be a string, "
                                                      f"not {type(value).__name__}"))
                 continue
+            if not name.isascii():  # str.lower() folds the Kelvin sign into "k": "\u212aey" would pass as key
+                scan.problems.append(Violation(path, f"condition names are ASCII; {short(name)} is not"))
+                continue
             lname = name.lower()
             if lname in scan.seen:
                 scan.problems.append(Violation(path, f"{short(name)} appears twice "

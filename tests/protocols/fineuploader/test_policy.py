@@ -255,3 +255,13 @@ def test_metadata_values_are_compared_as_fine_uploader_encodes_them() -> None:
     signed, problems = check_policy(doc, limits(filename="r\u00e9sum\u00e9 (1).png"))
 
     assert problems == [] and signed is not None
+
+
+def test_condition_names_are_compared_as_ascii_only() -> None:
+    """str.lower() folds the Kelvin sign (U+212A) into 'k': '\u212aey' must not pass as 'key'."""
+    doc = policy()
+    doc["conditions"] = [{"\u212aey" if "key" in c else k: v for k, v in c.items()} if isinstance(c, dict) else c
+                         for c in doc["conditions"]]
+    signed, problems = check_policy(doc, limits())
+    assert signed is None
+    assert any("condition names are ASCII" in str(p) for p in problems), problems
