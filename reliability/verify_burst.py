@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(deliver, events))
         judged_in = time.monotonic() - started
-        server.close()
 
         lines = [json.loads(line) for line in audit_path.read_text().splitlines() if line]
         verifications = [r for r in lines if r.get("event") == "verification"]
@@ -148,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             "stored_seconds": round(stored_in, 1), "judging_seconds": round(judged_in, 1),
             "events_per_second": round(len(events) / judged_in, 1) if judged_in else None,
         }, indent=2))
+        time.sleep(0.5)  # waitress's threads finish with their last connections before the server closes
+        server.close()
     finally:
         store.stop()
     for failure in failures:
