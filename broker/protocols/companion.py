@@ -275,7 +275,9 @@ class Companion:
         up = self._bound(call, "multipart_abort")
         if isinstance(up, HttpResponse):
             return up
-        call.broker.store.abort_multipart(up.rule.bucket, up.key, up.upload_id)
+        store = call.broker.store
+        store.list_parts(up.rule.bucket, up.key, up.upload_id)  # an upload that is not there: 404, not "allowed"
+        store.abort_multipart(up.rule.bucket, up.key, up.upload_id)
         call.broker.emit(common.allowed_record(call, event="multipart_abort", rule=up.rule, key=up.key,
                                                upload_id=up.upload_id))
         return HttpResponse.json(200, {})

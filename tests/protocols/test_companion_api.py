@@ -280,3 +280,12 @@ def test_dot_segments_are_not_upload_ids(fu_broker: Any, upload_id: str) -> None
     body = started(fu_broker)
     answer = call(fu_broker, "GET", f"/s3/multipart/{upload_id}/1", query={"key": body["key"]})
     assert answer.status == 400 and "malformed" in answer.body["message"]
+
+
+def test_aborting_an_upload_that_is_not_there_is_a_404(fu_broker: Any, audit_stream: Any) -> None:
+    body = started(fu_broker)
+    assert call(fu_broker, "DELETE", f"/s3/multipart/{body['uploadId']}", query={"key": body["key"]}).status == 200
+    again = call(fu_broker, "DELETE", f"/s3/multipart/{body['uploadId']}", query={"key": body["key"]})
+    assert again.status == 404 and "no multipart upload" in again.body["message"]
+    rec = audit_lines(audit_stream)[-1]
+    assert (rec["decision"], rec["status"], rec["error"]) == ("error", 404, "not_found")
