@@ -12,8 +12,9 @@ from __future__ import annotations
 import codecs
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any
+
+from broker.core.verify import Sniff
 
 #: How much of an object is read to judge its type (enough for every type libmagic needs here).
 SNIFF_BYTES = 4096
@@ -29,20 +30,6 @@ ACTIVE_TYPES = frozenset({
     "application/x-dosexec", "application/vnd.microsoft.portable-executable", "application/x-mach-binary",
     "application/x-msdownload", "application/java-archive", "application/x-java-applet",
 })
-
-
-@dataclass(frozen=True)
-class Sniffed:
-    """The type the bytes are (``application/octet-stream`` when unknown), and active markup found."""
-
-    mime: str
-    description: str = ""
-    markup: str | None = None  # the active markup seen, e.g. "<script", or None
-
-    @property
-    def active(self) -> bool:
-        """Whether a browser would render or run these bytes (or they are a program)."""
-        return self.markup is not None or self.mime in ACTIVE_TYPES
 
 
 class Sniffer:
@@ -61,14 +48,19 @@ class Sniffer:
                     self._db = pure_magic_rs.MagicDb()
         return self._db
 
-    def sniff(self, head: bytes) -> Sniffed:
-        """The type of an object whose first bytes are ``head`` (at most ``SNIFF_BYTES`` are read)."""
+    def sniff(self, head: bytes) -> Sniff:
+        """What an object whose first bytes are ``head`` is (at most ``SNIFF_BYTES`` are read).
+
+        Active: markup a browser would render or run anywhere in ``head``, or a type that is one
+        (:data:`ACTIVE_TYPES`); ``application/octet-stream`` when the type is unknown.
+        """
         head = head[:SNIFF_BYTES]
         if not head:
-            return Sniffed("application/x-empty", "empty")
+            return Sniff("application/x-empty")
         magic = self._database().best_magic_buffer(head)
         mime = str(magic.mime_type or "application/octet-stream").split(";")[0].strip().lower()
-        return Sniffed(mime, str(magic.message or "")[:120], active_markup(head))
+        markup = active_markup(head)
+        return Sniff(mime, markup is not None or mime in ACTIVE_TYPES, markup)
 
 
 def active_markup(head: bytes) -> str | None:

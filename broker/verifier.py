@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 from broker.audit import AuditLog, verification_record
 from broker.config.sources import RulesProvider
 from broker.core.keys import rule_prefix
-from broker.core.verify import Sniff, Verdict, verify
+from broker.core.verify import Verdict, verify
 from broker.logs import log_event
 from broker.s3.store import S3Store
 from broker.sniff import SNIFF_BYTES, Sniffer
@@ -63,14 +63,13 @@ class Verifier:
     """Judges objects against the rules in force and acts on the verdict."""
 
     def __init__(self, rules: RulesProvider, store: S3Store, audit_log: AuditLog, *,
-                 clock: Callable[[], datetime], sniffer: Sniffer | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 clock: Callable[[], datetime], sniffer: Sniffer | None = None) -> None:
         self.rules = rules
         self.store = store
         self.audit_log = audit_log
         self.clock = clock
         self.sniffer = sniffer or Sniffer()
-        self._emit = emit or audit_log.emit
+        self._emit = audit_log.emit
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recent: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -96,8 +95,7 @@ class Verifier:
             if act and has_verdict(obj.tags, obj.etag):
                 self._remember(obj.bucket, obj.key, obj.etag)
                 return Outcome("skipped", bucket, key, note=f"already {obj.tags[VERDICT_TAG]} (duplicate event)")
-            found = self.sniffer.sniff(obj.head)
-            verdict = verify(ruleset, obj, Sniff(found.mime, found.active, found.markup))
+            verdict = verify(ruleset, obj, self.sniffer.sniff(obj.head))
             if not act:
                 return Outcome("verified" if verdict.verified else "rejected", bucket, key, verdict, "none")
             return self._act(verdict, ruleset.quarantine_prefix, source, request_id)
@@ -123,7 +121,7 @@ class Verifier:
         failure = verdict.failures[0]
         tags = {VERDICT_TAG: "rejected", CHECK_TAG: failure.check.value,
                 EXPECTED_TAG: tag_value(failure.expected), ACTUAL_TAG: tag_value(failure.actual)}
-        moved = self.store.move(obj.bucket, obj.key, to_key, etag=obj.etag, tags=tags)
+        moved = self.store.move(obj, to_key, tags=tags)
         self._remember(obj.bucket, obj.key, obj.etag)
         if not moved:  # replaced or deleted meanwhile: the new object has an event of its own
             log_event("verification_not_moved", bucket=obj.bucket, key=obj.key[:1024],

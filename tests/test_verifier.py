@@ -57,10 +57,11 @@ class Objects:
         self._op("tag")
         self.objects[(bucket, key)] = replace(self.objects[(bucket, key)], tags=dict(tags))
 
-    def move(self, bucket: str, key: str, to_key: str, *, etag: str, tags: dict[str, str]) -> bool:
+    def move(self, moving: StoredObject, to_key: str, *, tags: dict[str, str]) -> bool:
         self._op("move")
+        bucket, key = moving.bucket, moving.key
         obj = self.objects.get((bucket, key))
-        if obj is None or obj.etag != etag:
+        if obj is None or obj.etag != moving.etag:
             return False
         self.objects[(bucket, to_key)] = replace(obj, key=to_key, tags=dict(tags))
         del self.objects[(bucket, key)]

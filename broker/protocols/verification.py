@@ -34,8 +34,8 @@ def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
     return {("POST", "/events/seaweedfs"): seaweedfs_event, ("GET", "/uploads/verdict"): verdict}
 
 
-def object_of_event(event: Any) -> tuple[str, str, str | None] | None:
-    """(bucket, key, etag) of a SeaweedFS filer event that created an object, else None. Pure."""
+def object_of_event(event: Any) -> tuple[str, str] | None:
+    """(bucket, key) of a SeaweedFS filer event that created an object, else None. Pure."""
     if not isinstance(event, dict) or event.get("event_type") != "create":
         return None
     message = event.get("message")
@@ -48,7 +48,7 @@ def object_of_event(event: Any) -> tuple[str, str, str | None] | None:
     bucket, _, key = path[len("/buckets/"):].partition("/")
     if not bucket or not key or key.endswith("/"):
         return None
-    return bucket, key, None
+    return bucket, key
 
 
 def seaweedfs_event(call: "Call") -> HttpResponse:
@@ -68,8 +68,8 @@ def seaweedfs_event(call: "Call") -> HttpResponse:
     found = object_of_event(event)
     if found is None:
         return HttpResponse.json(200, {"status": "ignored"})
-    bucket, key, etag = found
-    outcome = call.broker.verifier.verify_object(bucket, key, etag=etag, source="seaweedfs-webhook",
+    bucket, key = found
+    outcome = call.broker.verifier.verify_object(bucket, key, source="seaweedfs-webhook",
                                                   request_id=call.context.request_id)
     return HttpResponse.json(200, {"status": outcome.status, "key": key, "action": outcome.action,
                                    "note": outcome.note or None})

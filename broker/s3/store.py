@@ -218,24 +218,21 @@ class S3Store:
             "Bucket": bucket, "Key": key,
             "Tagging": {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}})
 
-    def move(self, bucket: str, key: str, to_key: str, *, etag: str, tags: Mapping[str, str]) -> bool:
-        """Copy the object (if it still has ``etag``) to ``to_key`` as an attachment with ``tags``, then delete it.
+    def move(self, obj: StoredObject, to_key: str, *, tags: Mapping[str, str]) -> bool:
+        """Copy ``obj`` (as :meth:`inspect` read it) to ``to_key`` as an attachment with ``tags``, then delete it.
 
-        False when the object changed or went meanwhile (nothing is moved then).
+        The copy is made only if the object still has the ETag it was read with; False when it
+        changed or went meanwhile (nothing is moved then).
         """
-        out = self._call("head_object", "read the object", {"Bucket": bucket, "Key": key},
-                         expect={code: None for code in _MISSING_OBJECT})
-        if out is None or str(out.get("ETag", "")) != etag:
-            return False
+        bucket, key = obj.bucket, obj.key
         params: dict[str, Any] = {
-            "Bucket": bucket, "Key": to_key, "CopySource": {"Bucket": bucket, "Key": key}, "CopySourceIfMatch": etag,
-            "MetadataDirective": "REPLACE", "Metadata": dict(out.get("Metadata") or {}),
-            "ContentType": out.get("ContentType") or "application/octet-stream", "ContentDisposition": "attachment",
+            "Bucket": bucket, "Key": to_key, "CopySource": {"Bucket": bucket, "Key": key},
+            "CopySourceIfMatch": obj.etag, "MetadataDirective": "REPLACE", "Metadata": dict(obj.metadata),
+            "ContentType": obj.content_type or "application/octet-stream", "ContentDisposition": "attachment",
             "TaggingDirective": "REPLACE", "Tagging": "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
                                                                for k, v in tags.items())}
-        size = int(out.get("ContentLength", 0))
-        if size > self.copy_limit:
-            copied = self._copy_in_parts(params, size)
+        if obj.size > self.copy_limit:
+            copied = self._copy_in_parts(params, obj.size)
         else:
             copied = self._call("copy_object", "copy the object to quarantine", params, expect=_CHANGED)
         if copied is None:

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-import pytest
 import requests
 
 from tests.conftest import ROOT

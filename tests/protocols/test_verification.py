@@ -24,7 +24,7 @@ def event(key: str, *, kind: str = "create", directory: bool = False) -> dict[st
 
 
 @pytest.mark.parametrize("body, found", [
-    pytest.param(event(KEY), ("broker-uploads", KEY, None), id="object_created"),
+    pytest.param(event(KEY), ("broker-uploads", KEY), id="object_created"),
     pytest.param(event(KEY, kind="update"), None, id="update_is_ignored"),
     pytest.param(event(KEY, kind="delete"), None, id="delete_is_ignored"),
     pytest.param(event("uploads/web-app", directory=True), None, id="directory"),
