@@ -142,7 +142,6 @@ class RulesProvider:
             return self._refresh_locked()
 
     def _refresh_locked(self) -> RuleSet | None:
-        self._checked_at = self._clock()
         try:
             rules, self._token = self._source.fetch(self._token)
         except Exception as exc:  # any failure keeps the last good rules
@@ -150,6 +149,7 @@ class RulesProvider:
                 self._log("rules_reload_failed", source=self.source,
                           error=str(exc), kept=self._rules.digest if self._rules else None)
             self.last_error = exc
+            self._checked_at = self._clock()  # stamped once the outcome is in force, not before
             return self._rules
         if rules is not None:
             previous = self._rules
@@ -158,6 +158,7 @@ class RulesProvider:
             self._log("rules_loaded", source=self.source, digest=rules.digest,
                       clients=len(rules.clients),
                       replaced=previous.digest if previous else None)
+        self._checked_at = self._clock()
         return self._rules
 
     def current(self) -> RuleSet:
