@@ -33,8 +33,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("broker", "broker.errors", "broker.models", "broker.fast", "broker.timefmt", "broker.logs"),
     ("broker.core",),
     ("broker.config",),
-    ("broker.s3", "broker.audit", "broker.metrics", "broker.web", "broker.sniff"),
-    ("broker.app", "broker.verifier", "broker.probe"),
+    ("broker.s3", "broker.ledger", "broker.audit", "broker.callbacks", "broker.metrics", "broker.web", "broker.sniff"),
+    ("broker.app", "broker.verifier", "broker.probe", "broker.reports"),
     ("broker.protocols", "broker.adapters"),
     ("broker.service", "broker.cli", "broker.__main__", "broker.dev", "broker.deploy", "lambda_handler"),
 ]

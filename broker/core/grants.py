@@ -166,3 +166,9 @@ def key_matches(rule: Rule, key: str) -> bool:
 def rules_for_key(client: Client, key: str) -> tuple[Rule, ...]:
     """The client's rules whose template could have produced ``key`` (normally one, or none)."""
     return tuple(rule for rule in client.rules.values() if key_matches(rule, key))
+
+
+def grant_id_for(bucket: str, key: str) -> str:
+    """A grant's id: 32 hex digits of SHA-256 over ``bucket/key``. Keys are server-random and never
+    granted twice, so the verifier (and the ledger) find an object's grant from the object alone."""
+    return hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
