@@ -46,6 +46,7 @@ try:
             from broker.metrics import EmfLines
 
             BROKER.metrics = EmfLines()
+            BROKER.callbacks_in_background = False  # a frozen Lambda would strand queued callbacks
     except ConfigError as exc:  # fail closed, loudly, but keep answering with a clear 503
         BROKER, _START_ERROR = None, exc.message
         log_event("startup_failed", error=exc.message)

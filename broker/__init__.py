@@ -22,6 +22,9 @@ cycle (``tests/test_layers.py`` checks it)::
       grants.py        grant tokens (HMAC) and the keys each rule can produce
       multipart.py     a rule's size limit at completion; how many parts a rule can need
       verify.py        is a stored object what its rule allowed: each failed check named
+      callbacks.py     completion callbacks: the payload, its HMAC signature, URL checks
+      usage.py         broker usage: grants, uploads, bytes and denials counted per client/profile/day
+      reconcile.py     broker reconcile: ledger records against a bucket listing -> findings
     config/          settings and rules loading, validated once, loudly
       settings.py      Settings from the environment
       loader.py        parse (YAML, or JSON for .json), schema, build, run the checks
@@ -34,23 +37,31 @@ cycle (``tests/test_layers.py`` checks it)::
       post.py          presigned POST forms (Signer); its fast path in fastpost.py
       fastpost.py      generate_presigned_post with per-bucket work done once (twin: botocore)
       sigv4.py         signatures for checked Fine Uploader requests
+    ledger/          the grant ledger: every grant recorded before its form, quotas, settlement
+      __init__.py      the Ledger interface and its records (GrantRecord, Limit, QuotaExceeded)
+      sqlite.py        the embedded engine: one file, WAL, one BEGIN IMMEDIATE per invariant
+      dynamodb.py      the engine for many Lambda instances: conditional writes only
+      engines.py       BROKER_LEDGER -> an engine (sqlite:///..., dynamodb://..., off)
     audit.py         the audit record (pure) and the sink that fails closed
+    callbacks.py     Notifier: verdicts POSTed to a client's backend, signed, retried
     metrics.py       allowed/denied counts as CloudWatch EMF lines
     web.py           transport-neutral HttpRequest, HttpResponse and Router
     sniff.py         what bytes are: libmagic's database (pure-magic-rs) + a scan for active markup
     app.py           Broker: route -> identify -> decide -> sign -> audit -> respond
     verifier.py      every stored object judged (core/verify.py), then tagged or quarantined
     probe.py         broker probe-store: which guarantees the store enforces, which rest on the verifier
+    reports.py       broker usage and broker reconcile: read the ledger, audit files and the bucket
     protocols/       wire formats, each turning its requests into UploadRequests
       native.py        POST /uploads, GET /health
       common.py        what Fine Uploader and Companion share
       companion.py     Uppy's Companion protocol (/s3/params, /s3/multipart/*)
-      verification.py  the store's object events in (/events/seaweedfs), verdicts out (/uploads/verdict)
+      verification.py  the store's object events in (/events/seaweedfs), verdicts and grant status out
+                       (/uploads/verdict, /uploads/{grant_id})
       fineuploader/    Fine Uploader S3 v4: endpoints.py, policy.py, canonical.py
     adapters/        Lambda events (apigw.py), S3 object events for the verifier (s3events.py),
                      and WSGI + the servers of broker serve (wsgi.py)
     service.py       build(settings): a Broker wired to rules, store, audit log and protocols
-    cli.py           broker check | explain | serve | hash-key (+ deploy's commands)
+    cli.py           broker check | explain | serve | verify | usage | reconcile | hash-key (+ deploy's)
     deploy/          IAM policy, CORS, SAM template, the Lambda package
     dev/             make run's SeaweedFS store and runner (left out of the Lambda zip)
     static/          the upload pages (plain, Fine Uploader, Uppy)

@@ -18,10 +18,14 @@ from broker import audit
 from broker.audit import AuditLog
 from broker.config.sources import RulesProvider
 from broker.core import rules
+from broker.core.sizes import human_size
 from broker.errors import AuditUnavailable, BrokerError, Unauthenticated
 from broker.fast.ids import new_random_id
+from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded, grant_id_for
 from broker.logs import log_event
-from broker.models import Client, Credentials, Decision, RequestContext, RuleSet, SignedPost, UploadRequest
+from broker.models import (
+    Check, Client, Credentials, Decision, Quota, RequestContext, RuleSet, SignedPost, UploadRequest,
+)
 from broker.s3.store import S3Store
 from broker.web import HttpRequest, HttpResponse, Router
 
@@ -38,6 +42,18 @@ def _random_grant_secret() -> bytes:
     log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
                                           "verify only in this process; set it where several serve the broker")
     return os.urandom(32)
+
+
+def _limit(scope: str, quota: Quota | None) -> Limit:
+    return Limit(scope, quota.uploads_per_hour, quota.bytes_per_day) if quota else Limit(scope)
+
+
+def _quota_words(quota: str, limit: int) -> str:
+    return f"{limit} files an hour" if quota == "uploads_per_hour" else f"{human_size(limit)} a day"
+
+
+def _usage_words(quota: str, usage: int) -> str:
+    return f"{usage} granted this hour" if quota == "uploads_per_hour" else f"{human_size(usage)} granted today"
 
 
 @dataclass
@@ -66,6 +82,13 @@ class Call:
         self.client_id = client.id
         return client
 
+    def user(self) -> str | None:
+        """The end user behind the call, when one is known: the authorizer's ``sub`` (a JWT subject)."""
+        for principal in self.request.principals:
+            if principal.startswith("sub:"):
+                return principal[4:]
+        return None
+
 
 class Broker:
     """Ties rules, signer and audit log together behind one ``handle`` method."""
@@ -85,6 +108,7 @@ class Broker:
         max_body_bytes: int = 64 * 1024,
         grant_secret: bytes | None = None,
         events_token: str | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.rules = rules_provider
         self.store = store  # every S3 call: signing forms and part URLs, multipart, head, delete
@@ -97,8 +121,20 @@ class Broker:
         self.router = Router()  # empty: broker.service adds every protocol's routes
         self.body_limits: dict[str, int] = {}  # paths that take larger bodies than max_body_bytes
         self.events_token = events_token  # BROKER_EVENTS_TOKEN: the store's events may be posted here
+        self.ledger = ledger  # BROKER_LEDGER: every grant recorded before its form is returned (None: off)
         self._verifier: Any = None
         self._verifier_lock = threading.Lock()
+
+    #: Deliver completion callbacks in the background (a server), or before returning (Lambda sets False).
+    callbacks_in_background = True
+
+    def notifier(self) -> Any:
+        """A :class:`broker.callbacks.Notifier` for clients with a ``callback`` (its workers start on first use)."""
+        from broker.callbacks import Notifier
+
+        if self.callbacks_in_background:
+            return Notifier()
+        return Notifier(background=False, attempts=3, backoff=(0.5, 2), timeout=3.0)
 
     @property
     def verifier(self) -> Any:
@@ -108,7 +144,8 @@ class Broker:
                 if self._verifier is None:
                     from broker.verifier import Verifier  # loaded when first needed: a signer never does
 
-                    self._verifier = Verifier(self.rules, self.store, self.audit_log, clock=self.clock)
+                    self._verifier = Verifier(self.rules, self.store, self.audit_log, clock=self.clock,
+                                              ledger=self.ledger, notifier=self.notifier())
         return self._verifier
 
     # ------------------------------------------------------------------ decide, sign, audit
@@ -117,12 +154,50 @@ class Broker:
               request: UploadRequest) -> tuple[Decision, SignedPost | None]:
         """Evaluate a request, sign it if allowed, and audit the outcome before returning."""
         decision = rules.evaluate(ruleset, client, request, now=call.now, random_id=self.new_id())
+        decision = self.record(call, client, decision, request)
         signed = None
         if decision.allowed and decision.grant is not None:
             signed = self.store.sign_post(decision.grant, now=call.now)
         self.emit(audit.record(now=call.now, context=call.context, decision=decision,
                                request=request, signed=signed))
         return decision, signed
+
+    def record(self, call: Call, client: Client, decision: Decision, request: UploadRequest) -> Decision:
+        """Record an allowed decision's grant in the ledger before anything is signed, or deny it.
+
+        Every protocol calls this between deciding and signing. With a ledger, a declared size
+        becomes the grant's exact size range (that is what is reserved), and a grant that would
+        take the client or its user over a quota becomes a ``quota_exceeded`` denial (429, with
+        Retry-After). A ledger that cannot be written raises ``LedgerUnavailable`` (503): no
+        grant leaves without its record. Without a ledger the decision passes unchanged.
+        """
+        ledger = self.ledger
+        if ledger is None or not decision.allowed or decision.grant is None:
+            return decision
+        grant = decision.grant
+        if request.size is not None:  # reserve what was declared, and let S3 hold the upload to it
+            grant = replace(grant, min_bytes=request.size, max_bytes=request.size)
+        user = call.user()
+        limits = [_limit(f"client:{client.id}", client.quota)]
+        if user is not None and client.quota_per_user is not None:
+            limits.append(_limit(f"user:{client.id}:{user}", client.quota_per_user))
+        issued = int(call.now.timestamp())
+        record = GrantRecord(
+            grant_id=grant_id_for(grant.bucket, grant.key), client=client.id, profile=grant.profile,
+            bucket=grant.bucket, key=grant.key, content_type=grant.content_type, min_bytes=grant.min_bytes,
+            max_bytes=grant.max_bytes, reserved_bytes=grant.max_bytes, issued_at=issued,
+            expires_at=issued + self.store.expires_in(grant, call.now), declared_size=request.size, user=user,
+            protocol=call.context.protocol, request_id=call.context.request_id)
+        try:
+            ledger.reserve(record, limits, now=issued)
+        except QuotaExceeded as exc:
+            who = "each user of " + client.id if exc.scope.startswith("user:") else client.id
+            return Decision(False, client.id, grant.profile, check=Check.QUOTA_EXCEEDED,
+                            reason=f"quota exceeded: {who} may upload {_quota_words(exc.quota, exc.limit)}; "
+                                   f"{_usage_words(exc.quota, exc.usage)} so far; try again in {exc.retry_after} s",
+                            expected={exc.quota: exc.limit}, actual={exc.quota: exc.usage},
+                            retry_after=exc.retry_after)
+        return replace(decision, grant=grant)
 
     def emit(self, rec: dict[str, Any]) -> None:
         """Write an audit record; failing to write means failing the request (503).
@@ -136,6 +211,8 @@ class Broker:
         except AuditUnavailable as exc:
             log_event("audit_write_failed", error=exc.message, request_id=rec.get("request_id"))
             raise
+        if self.ledger is not None and rec.get("decision") == "denied" and rec.get("client"):
+            self.ledger.count_denial(rec["client"], rec.get("profile"), now=int(self.clock().timestamp()))
 
     # ------------------------------------------------------------------ HTTP
 

@@ -12,6 +12,7 @@ import threading
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
+from broker.core.grants import grant_id_for
 from broker.errors import AuditUnavailable, BrokerError
 from broker.fast.jsontext import ascii_line
 from broker.models import Decision, RequestContext, SignedPost, UploadRequest
@@ -68,6 +69,7 @@ def record(
     if decision is not None and decision.allowed and decision.grant is not None:
         grant = decision.grant
         rec.update(decision="allowed", status=200, bucket=grant.bucket, key=grant.key,
+                   grant_id=grant_id_for(grant.bucket, grant.key),
                    content_type=grant.content_type, size_range=[grant.min_bytes, grant.max_bytes])
         if signed is not None:
             rec["expires_at"] = iso_z(signed.expires_at, millis=True)
@@ -75,7 +77,7 @@ def record(
     elif decision is not None:
         rec.update(decision="denied", status=decision.status, check=decision.check.value
                    if decision.check else None, reason=decision.reason,
-                   expected=decision.expected, actual=decision.actual)
+                   expected=decision.expected, actual=decision.actual, retry_after=decision.retry_after)
     elif error is not None:
         rec.update(decision="error", status=error.status, error=error.code,
                    reason=error.message[:500], path=error.details.get("path"))
@@ -83,7 +85,8 @@ def record(
 
 
 def verification_record(*, now: datetime, verdict: Verdict, action: str, source: str,
-                        quarantine_key: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+                        quarantine_key: str | None = None, request_id: str | None = None,
+                        ledger: str | None = None, grant_id: str | None = None) -> dict[str, Any]:
     """The audit record (a plain dict) of one verification: what was checked, what failed, what was done. Pure."""
     obj, rule = verdict.obj, verdict.rule
     rec: dict[str, Any] = {
@@ -102,6 +105,8 @@ def verification_record(*, now: datetime, verdict: Verdict, action: str, source:
         "sniffed": verdict.sniffed,
         "action": action,
         "quarantine_key": quarantine_key,
+        "ledger": ledger,  # with a ledger: settled | replayed | reused | no_grant
+        "grant_id": grant_id,
     }
     if verdict.failures:
         rec["check"] = verdict.failures[0].check.value

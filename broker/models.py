@@ -25,6 +25,7 @@ class Check(str, Enum):
     MULTIPART_NOT_ALLOWED = "multipart_not_allowed"
     KEY_NOT_GRANTED = "key_not_granted"
     CONDITION_NOT_ALLOWED = "condition_not_allowed"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """How much one client (or one of its end users) may upload: grants per UTC hour, bytes per UTC day."""
+
+    uploads_per_hour: int | None = None
+    bytes_per_day: int | None = None
+
+
+@dataclass(frozen=True)
 class Client:
     """A caller the broker recognises, and the upload rules it may use."""
 
@@ -72,6 +81,10 @@ class Client:
     principals: tuple[str, ...] = ()
     default_profile: str | None = None
     path: str = "$"
+    quota: Quota | None = None  # the client's own quota (needs a ledger)
+    quota_per_user: Quota | None = None  # each end user's, when the user is known
+    callback_url: str | None = None  # where verdicts are POSTed, signed with the secret in callback_secret_env
+    callback_secret_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,12 +172,15 @@ class Decision:
     reason: str | None = None
     expected: Any = None
     actual: Any = None
+    retry_after: int | None = None  # seconds, for a quota denial (the Retry-After header)
 
     @property
     def status(self) -> int:
         """The HTTP status this decision maps to."""
         if self.allowed:
             return 200
+        if self.check is Check.QUOTA_EXCEEDED:
+            return 429
         return 413 if self.check is Check.TOO_LARGE else 403
 
 

@@ -17,7 +17,10 @@ from broker.app import Broker, utcnow
 from broker.audit import AuditLog
 from broker.config.settings import Settings
 from broker.config.sources import FileSource, RulesProvider, RulesSource, S3Source
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ConfigError
+from broker.logs import log_event
+from broker.ledger import Ledger, LedgerUnavailable
+from broker.ledger.engines import open_ledger
 from broker.protocols import register_all
 from broker.s3.client import make_s3_client
 from broker.s3.store import S3Store
@@ -31,7 +34,7 @@ def assemble(rules_provider: RulesProvider, store: S3Store, audit_log: AuditLog,
 
 
 def build(settings: Settings, *, s3_client: Any = None, audit_stream: Any = sys.stdout,
-          clock: Callable[[], datetime] = utcnow) -> Broker:
+          clock: Callable[[], datetime] = utcnow, ledger: Ledger | None = None) -> Broker:
     """Assemble a Broker from settings: rules provider, one S3 client in one store, audit log, routes."""
     holder: dict[str, Any] = {}
 
@@ -48,10 +51,29 @@ def build(settings: Settings, *, s3_client: Any = None, audit_stream: Any = sys.
     provider = RulesProvider(source, reload_seconds=settings.rules_reload_seconds)
     ruleset = provider.refresh()
     store = S3Store(client(ruleset.region if ruleset else "us-east-1"))
+    if ledger is None:
+        ledger = ledger_from(settings, ruleset.region if ruleset else None)
+    if ledger is None and ruleset is not None:
+        unheld = sorted(c.id for c in ruleset.clients.values() if c.quota or c.quota_per_user)
+        if unheld:
+            log_event("quota_not_enforced", clients=unheld,
+                      note="these clients have quotas, but BROKER_LEDGER is off: nothing counts them; "
+                           "set BROKER_LEDGER=sqlite:///var/ledger.db (one machine) or dynamodb://table")
     return assemble(provider, store, AuditLog(stream=audit_stream, path=settings.audit_file),
                     clock=clock, max_body_bytes=settings.max_body_bytes,
                     grant_secret=settings.grant_secret.encode() if settings.grant_secret else None,
-                    events_token=settings.events_token)
+                    events_token=settings.events_token, ledger=ledger)
+
+
+def ledger_from(settings: Settings, region: str | None = None) -> Ledger | None:
+    """The ledger BROKER_LEDGER names (None for off); ConfigError says why it cannot be opened."""
+    try:
+        return open_ledger(settings.ledger, endpoint_url=settings.dynamodb_endpoint_url,
+                           region=settings.region or region)
+    except LedgerUnavailable as exc:
+        raise ConfigError(f"BROKER_LEDGER={settings.ledger}: {exc.message}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def serve_worker() -> Any:

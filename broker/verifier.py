@@ -28,11 +28,14 @@ from typing import Any, Callable, Iterator
 
 from broker.audit import AuditLog, verification_record
 from broker.config.sources import RulesProvider
+from broker.core import callbacks
 from broker.core.keys import rule_prefix
-from broker.core.verify import Verdict, verify
+from broker.core.verify import Verdict, against_grant, verify
+from broker.ledger import REUSED, Ledger, Settlement, grant_id_for
 from broker.logs import log_event
 from broker.s3.store import S3Store
 from broker.sniff import SNIFF_BYTES, Sniffer
+from broker.timefmt import iso_z
 
 VERDICT_TAG = "broker-verdict"
 #: The ETag of the object the verdict is about. Tagging cannot be made conditional, so an object
@@ -63,8 +66,11 @@ class Verifier:
     """Judges objects against the rules in force and acts on the verdict."""
 
     def __init__(self, rules: RulesProvider, store: S3Store, audit_log: AuditLog, *,
-                 clock: Callable[[], datetime], sniffer: Sniffer | None = None) -> None:
+                 clock: Callable[[], datetime], sniffer: Sniffer | None = None,
+                 ledger: Ledger | None = None, notifier: Any = None) -> None:
         self.rules = rules
+        self.notifier = notifier  # broker.callbacks.Notifier: verdicts POSTed to clients with a callback
+        self.ledger = ledger  # with one, every judged object settles its grant (and a second is caught)
         self.store = store
         self.audit_log = audit_log
         self.clock = clock
@@ -98,26 +104,71 @@ class Verifier:
             verdict = verify(ruleset, obj, self.sniffer.sniff(obj.head))
             if not act:
                 return Outcome("verified" if verdict.verified else "rejected", bucket, key, verdict, "none")
-            return self._act(verdict, ruleset.quarantine_prefix, source, request_id)
+            verdict, settled = self._settle(verdict)
+            outcome = self._act(verdict, ruleset.quarantine_prefix, source, request_id, settled)
+            self._call_back(ruleset, outcome)
+            return outcome
 
-    def _act(self, verdict: Verdict, quarantine_prefix: str, source: str, request_id: str | None) -> Outcome:
+    def _call_back(self, ruleset: Any, outcome: Outcome) -> None:
+        """POST the verdict to the client's callback, if it has one (after the object was marked or moved)."""
+        verdict = outcome.verdict
+        rule = verdict.rule if verdict is not None else None
+        client = ruleset.clients.get(rule.client) if rule is not None else None
+        if verdict is None or rule is None or client is None or not client.callback_url or self.notifier is None:
+            return
+        obj = verdict.obj
+        body = callbacks.payload(
+            grant_id=grant_id_for(obj.bucket, obj.key), client=client.id, profile=rule.name, bucket=obj.bucket,
+            key=obj.key, size=obj.size, etag=obj.etag, content_type=obj.content_type or "",
+            status="verified" if verdict.verified else "rejected",
+            checks=[(f.check.value, f.reason) for f in verdict.failures], verified_at=iso_z(self.clock()))
+        self.notifier.notify(client.callback_url, client.callback_secret_env or "", body)
+
+    def _settle(self, verdict: Verdict) -> tuple[Verdict, Settlement | None]:
+        """With a ledger: the verdict with what the grant adds, and the grant settled by it.
+
+        Settled before the object is tagged or moved: if the store then fails, the event comes
+        again and settling it again changes nothing (``replayed``). LedgerUnavailable propagates:
+        the event is retried, nothing is marked.
+        """
+        ledger = self.ledger
+        if ledger is None:
+            return verdict, None
+        obj = verdict.obj
+        etag = obj.etag.strip('"')
+        grant = ledger.get(grant_id_for(obj.bucket, obj.key))
+        if grant is not None:
+            first = grant.etag if grant.etag not in (None, etag) and grant.reused_etag != etag else None
+            verdict = against_grant(verdict, first_etag=first, size_range=(grant.min_bytes, grant.max_bytes))
+        settled = ledger.settle(obj.bucket, obj.key, etag=etag, size=obj.size,
+                                verdict="verified" if verdict.verified else "rejected",
+                                checks=[f.check.value for f in verdict.failures],
+                                now=int(self.clock().timestamp()))
+        if settled.outcome == REUSED and settled.grant is not None and grant is not None and grant.etag is None:
+            verdict = against_grant(verdict, first_etag=settled.grant.etag)  # another object got there first
+        return verdict, settled
+
+    def _act(self, verdict: Verdict, quarantine_prefix: str, source: str, request_id: str | None,
+             settled: Settlement | None = None) -> Outcome:
         obj = verdict.obj
         now = self.clock()
+        ledger = None if settled is None else {"ledger": settled.outcome,
+                                               "grant_id": settled.grant.grant_id if settled.grant else None}
         if verdict.verified:
             self._emit(verification_record(now=now, verdict=verdict, action="tagged", source=source,
-                                           request_id=request_id))
+                                           request_id=request_id, **(ledger or {})))
             self.store.tag(obj.bucket, obj.key, {**obj.tags, VERDICT_TAG: "verified", ETAG_TAG: etag_tag(obj.etag)})
             self._remember(obj.bucket, obj.key, obj.etag)
             return Outcome("verified", obj.bucket, obj.key, verdict, "tagged")
         if verdict.rule is not None and verdict.rule.on_reject == "delete":
             self._emit(verification_record(now=now, verdict=verdict, action="deleted", source=source,
-                                           request_id=request_id))
+                                           request_id=request_id, **(ledger or {})))
             self.store.delete(obj.bucket, obj.key)
             self._remember(obj.bucket, obj.key, obj.etag)
             return Outcome("rejected", obj.bucket, obj.key, verdict, "deleted")
         to_key = quarantine_prefix + obj.key
         self._emit(verification_record(now=now, verdict=verdict, action="quarantined", source=source,
-                                       quarantine_key=to_key, request_id=request_id))
+                                       quarantine_key=to_key, request_id=request_id, **(ledger or {})))
         failure = verdict.failures[0]
         tags = {VERDICT_TAG: "rejected", CHECK_TAG: failure.check.value,
                 EXPECTED_TAG: tag_value(failure.expected), ACTUAL_TAG: tag_value(failure.actual)}

@@ -168,7 +168,8 @@ class Verifying:
 
 @pytest.fixture(scope="session")
 def verifying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifying]:
-    """Broker + SeaweedFS with its webhook pointed at the broker; ``videos`` limited to 6 MiB (fast multipart)."""
+    """Broker + SeaweedFS with its webhook pointed at the broker and a SQLite grant ledger (as make run);
+    ``videos`` limited to 6 MiB (fast multipart)."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
     from broker.config import Settings
     from broker.dev.store import Webhook
@@ -188,7 +189,8 @@ def verifying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifying]:
         s3 = Store(config).s3_client()
         settings = Settings(rules=str(rules_path), rules_reload_seconds=0.5, audit_file=str(audit_path),
                             s3_endpoint_url=config.endpoint_url, s3_addressing_style="path",
-                            grant_secret="g" * 32, events_token=token)
+                            grant_secret="g" * 32, events_token=token,
+                            ledger=f"sqlite:///{work / 'ledger.db'}")  # as make run: a SQLite ledger
         broker = build(settings, s3_client=s3, audit_stream=None)
         server = ServerThread(WsgiApp(broker), "127.0.0.1", 0)
         # Events for web-app's uploads only: partner-acme's prefix stands for objects no event reaches.

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from broker.core import keys
+from broker.core.callbacks import url_problem as callback_url_problem
 from broker.core.mediatypes import EXTENSION_TYPES, type_matches
+from broker.core.sizes import human_size
 from broker.errors import Problem
 from broker.models import Client, Rule
 
@@ -138,8 +140,28 @@ def validate_unique_principals(client: Client, owners: Owners) -> Iterator[Probl
                           f"principal '{principal}' is already mapped to client '{owner}'")
 
 
+def validate_quota_room(client: Client, owners: Owners) -> Iterator[Problem]:
+    """A bytes_per_day quota leaves room for at least one upload of some rule."""
+    smallest = min((rule.min_bytes for rule in client.rules.values()), default=0)
+    for name, quota in (("quota", client.quota), ("quota_per_user", client.quota_per_user)):
+        if quota is not None and quota.bytes_per_day is not None and quota.bytes_per_day < max(1, smallest):
+            yield Problem(f"{client.path}.{name}.bytes_per_day",
+                          f"bytes_per_day ({human_size(quota.bytes_per_day)}) is less than the smallest file any "
+                          f"rule of '{client.id}' accepts ({human_size(max(1, smallest))}): nothing could ever "
+                          "be uploaded")
+
+
+def validate_callback(client: Client, owners: Owners) -> Iterator[Problem]:
+    """A completion callback goes to an https:// address (http:// only on this machine)."""
+    if client.callback_url is not None:
+        problem = callback_url_problem(client.callback_url)
+        if problem is not None:
+            yield Problem(f"{client.path}.callback.url", problem)
+
+
 CLIENT_CHECKS: tuple[Callable[[Client, Owners], Iterator[Problem]], ...] = (
     validate_default_profile, validate_identifiable, validate_unique_api_keys, validate_unique_principals,
+    validate_quota_room, validate_callback,
 )
 
 

@@ -21,7 +21,7 @@ from broker.config.checks import CLIENT_CHECKS, RULE_CHECKS, RULESET_CHECKS, Own
 from broker.core.sizes import parse_size
 from broker.errors import Problem, RulesError
 from broker.fast.limits import within_limits
-from broker.models import Client, Encryption, Rule, RuleSet
+from broker.models import Client, Encryption, Quota, Rule, RuleSet
 
 RULE_DEFAULTS: dict[str, Any] = {
     "key": "uploads/{client}/{profile}/{date}/{uuid}{ext}",
@@ -236,8 +236,11 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
             for check in RULE_CHECKS:
                 problems.extend(check(draft))
             rules[name] = rule
+        callback = cdoc.get("callback") or {}
         client = Client(cid, rules, tuple(cdoc.get("api_key_sha256", ())), tuple(cdoc.get("principals", ())),
-                        cdoc.get("default_profile"), cpath)
+                        cdoc.get("default_profile"), cpath, quota=_quota(cdoc.get("quota")),
+                        quota_per_user=_quota(cdoc.get("quota_per_user")),
+                        callback_url=callback.get("url"), callback_secret_env=callback.get("secret_env"))
         for j, digest in enumerate(client.api_key_sha256):
             api_keys.setdefault(digest, (cid, f"{cpath}.api_key_sha256[{j}]"))
         for j, principal in enumerate(client.principals):
@@ -286,4 +289,12 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
 
 
 # Rules files repeat the same sizes across clients: each distinct value is parsed once.
+def _quota(doc: dict[str, Any] | None) -> Quota | None:
+    """A schema-checked ``quota`` mapping as a Quota (None when absent)."""
+    if not doc:
+        return None
+    size = doc.get("bytes_per_day")
+    return Quota(doc.get("uploads_per_hour"), None if size is None else _parse_size(size))
+
+
 _parse_size = functools.lru_cache(maxsize=1024, typed=True)(parse_size)

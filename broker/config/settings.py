@@ -26,6 +26,8 @@ class Settings:
     port: int = 8000
     grant_secret: str | None = field(default=None, repr=False)  # BROKER_GRANT_SECRET
     events_token: str | None = field(default=None, repr=False)  # BROKER_EVENTS_TOKEN
+    ledger: str = "off"  # BROKER_LEDGER: sqlite:///var/ledger.db, dynamodb://table-name, or off
+    dynamodb_endpoint_url: str | None = None  # AWS_ENDPOINT_URL_DYNAMODB: a local DynamoDB-API server
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -51,7 +53,19 @@ class Settings:
             port=_number(env, "BROKER_PORT", 8000, int),
             grant_secret=_secret(env, "BROKER_GRANT_SECRET"),
             events_token=_secret(env, "BROKER_EVENTS_TOKEN"),
+            ledger=_ledger(env.get("BROKER_LEDGER") or "off"),
+            dynamodb_endpoint_url=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
         )
+
+
+def _ledger(url: str) -> str:
+    """BROKER_LEDGER, checked for its form (the ledger itself is opened by broker.service)."""
+    if url == "off" or (url.startswith("sqlite:///") and len(url) > len("sqlite:///")) or \
+            (url.startswith("dynamodb://") and len(url) > len("dynamodb://") and "/" not in url[11:]):
+        return url
+    raise ConfigError(f"BROKER_LEDGER={url!r} is not a ledger: use sqlite:///var/ledger.db (a file, relative "
+                      "to the working directory; sqlite:////abs/path.db for an absolute one), "
+                      "dynamodb://table-name, or off")
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:

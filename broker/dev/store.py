@@ -335,7 +335,7 @@ class Webhook:
             "timeout_seconds = 30\n"
             "workers = 2\n"
             "buffer_size = 10000\n"
-            'event_types = ["create"]\n'
+            'event_types = ["create", "update"]  # update: an object posted again over itself\n'
             f"path_prefixes = [{prefixes}]\n"
         )
 

@@ -3,7 +3,8 @@
 - ``native``: ``POST /uploads`` (the broker's own JSON API, see ``schemas/openapi.yaml``)
 - ``fineuploader``: Fine Uploader S3's v4 signature and upload-success endpoints (``/fineuploader/*``)
 - ``companion``: Uppy AwsS3's Companion protocol (``/s3/params``, ``/s3/multipart/*``)
-- ``verification``: SeaweedFS's object events in, verdicts out (``/events/seaweedfs``, ``/uploads/verdict``)
+- ``verification``: SeaweedFS's object events in, verdicts and grant status out (``/events/seaweedfs``,
+  ``/uploads/verdict``, ``/uploads/{grant_id}``)
 
 ``native`` registers its routes itself. The other two are listed in :data:`ROUTES` and their
 modules (with the SigV4 and policy checkers behind them, ~30 ms of imports) are loaded on
@@ -40,6 +41,7 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
     "verification": (
         ("POST", "/events/seaweedfs"),
         ("GET", "/uploads/verdict"),
+        ("GET", "/uploads/{grant_id}"),
     ),
 }
 

@@ -34,7 +34,8 @@ from broker.core.sizes import human_size
 from broker.timefmt import iso_z
 from broker.web import HttpResponse
 from broker.protocols import common
-from broker.protocols.native import denial_body, parse_upload_request
+from broker.core.grants import grant_id_for
+from broker.protocols.native import denial_body, denial_headers, parse_upload_request
 
 if TYPE_CHECKING:
     from broker.app import Broker, Call
@@ -86,7 +87,7 @@ def upload_request(filename: Any, content_type: Any, metadata: Any, *, where: st
 
 def denial(decision: Decision) -> HttpResponse:
     """A denial as Companion errors look: ``message`` says why."""
-    return HttpResponse.json(decision.status, denial_body(decision))
+    return HttpResponse.json(decision.status, denial_body(decision), denial_headers(decision))
 
 
 def _deny(call: "Call", event: str, decision: Decision, **extra: Any) -> HttpResponse:
@@ -125,7 +126,8 @@ class Companion:
             return denial(decision)
         url = signed.url if signed.url.endswith("/") else signed.url + "/"
         return HttpResponse.json(200, {"method": "POST", "url": url, "fields": dict(signed.fields),
-                                       "expires": iso_z(signed.expires_at)})
+                                       "expires": iso_z(signed.expires_at),
+                                       "grant_id": grant_id_for(decision.grant.bucket, decision.grant.key)})
 
     # ------------------------------------------------------------------ multipart
 
@@ -143,6 +145,7 @@ class Companion:
             decision = common.deny(client.id, rule.name, Check.MULTIPART_NOT_ALLOWED,
                                    f"{rule.name} does not allow multipart uploads: files go in one request, "
                                    f"up to {human_size(rule.max_bytes)}", expected=False, actual=True)
+        decision = call.broker.record(call, client, decision, request)
         if not decision.allowed or decision.grant is None:
             return _deny(call, "multipart_create", decision, request=request)
         grant = decision.grant
@@ -151,7 +154,8 @@ class Companion:
         rec = common.record(call, event="multipart_create", decision=decision, request=request,
                             upload_id=upload_id)
         common.emit_or_undo(call, rec, lambda: store.abort_multipart(grant.bucket, grant.key, upload_id))
-        return HttpResponse.json(200, {"key": grant.key, "uploadId": upload_id, "bucket": grant.bucket})
+        return HttpResponse.json(200, {"key": grant.key, "uploadId": upload_id, "bucket": grant.bucket,
+                                       "grant_id": grant_id_for(grant.bucket, grant.key)})
 
     def _bound(self, call: "Call", event: str) -> Granted | HttpResponse:
         """The rule that granted ``?key=``, for a multipart upload of this client, or the (audited) denial."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from broker.config import schemas
+from broker.core.grants import grant_id_for
 from broker.errors import InvalidRequest
 from broker.models import Decision, SignedPost, UploadRequest
 from broker.core.sizes import human_size
@@ -60,7 +61,7 @@ def create_upload(call: "Call") -> HttpResponse:
     request = parse_upload_request(call.request.json(call.broker.max_body_bytes))
     decision, signed = call.broker.issue(call, client, ruleset, request)
     if not decision.allowed:
-        return HttpResponse.json(decision.status, denial_body(decision))
+        return HttpResponse.json(decision.status, denial_body(decision), denial_headers(decision))
     assert signed is not None and decision.grant is not None
     return HttpResponse.json(200, grant_body(decision, signed))
 
@@ -72,6 +73,7 @@ def grant_body(decision: Decision, signed: SignedPost) -> dict[str, Any]:
     return {
         "url": signed.url,
         "fields": dict(signed.fields),
+        "grant_id": grant_id_for(grant.bucket, grant.key),
         "key": grant.key,
         "bucket": grant.bucket,
         "expires_at": iso_z(signed.expires_at),
@@ -95,7 +97,15 @@ def denial_body(decision: Decision) -> dict[str, Any]:
     }
     if decision.check is not None and decision.check.value == "too_large":
         body["limit"] = human_size(int(decision.expected))  # type: ignore[arg-type]
+    if decision.retry_after is not None:  # quota_exceeded: which quota, its limit, the usage so far
+        (quota, limit), = decision.expected.items()
+        body.update(quota=quota, limit=limit, usage=decision.actual[quota], retry_after=decision.retry_after)
     return body
+
+
+def denial_headers(decision: Decision) -> dict[str, str]:
+    """Headers a denial carries: ``Retry-After`` when a quota will have room again."""
+    return {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else {}
 
 
 def health(call: "Call") -> HttpResponse:

@@ -5,16 +5,22 @@
   verified at once (:mod:`broker.verifier`). Without a token configured the route does not exist.
 - ``GET /uploads/verdict?key=``: the verdict on one of the caller's own keys: ``verified``,
   ``pending`` (not judged yet), ``rejected`` (with the failed check, as its quarantined copy's
-  tags keep it) or ``missing``. The upload page asks it after each upload.
+  tags keep it) or ``missing``. Works without a ledger, from the store's tags alone.
+- ``GET /uploads/{grant_id}``: with a ledger, the status of one of the caller's own grants:
+  ``issued`` (no file yet), ``uploaded`` (the file is there, not judged yet), ``verified``,
+  ``rejected`` (with the failed checks) or ``expired`` (never used). The upload page polls it.
 """
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from broker.core.grants import rules_for_key
 from broker.core.verify import describe
+from broker.ledger import EXPIRED, ISSUED
+from broker.timefmt import from_unix, iso_z
 from broker.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthenticated
 from broker.protocols import BODY_LIMITS
 from broker.verifier import ACTUAL_TAG, CHECK_TAG, EXPECTED_TAG, VERDICT_TAG, has_verdict
@@ -31,24 +37,41 @@ _IGNORED_DIRS = ("/.uploads/", "/.system/")
 
 def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
     """The handler of each route (the routes: ``broker.protocols.ROUTES``)."""
-    return {("POST", "/events/seaweedfs"): seaweedfs_event, ("GET", "/uploads/verdict"): verdict}
+    return {("POST", "/events/seaweedfs"): seaweedfs_event, ("GET", "/uploads/verdict"): verdict,
+            ("GET", "/uploads/{grant_id}"): grant_status}
 
 
 def object_of_event(event: Any) -> tuple[str, str] | None:
-    """(bucket, key) of a SeaweedFS filer event that created an object, else None. Pure."""
-    if not isinstance(event, dict) or event.get("event_type") != "create":
+    """(bucket, key) of a SeaweedFS filer event that created (or replaced) an object, else None. Pure."""
+    if not isinstance(event, dict) or event.get("event_type") not in ("create", "update"):
         return None
     message = event.get("message")
     entry = message.get("new_entry") if isinstance(message, dict) else None
     path = event.get("key")
     if not isinstance(entry, dict) or entry.get("is_directory") or not isinstance(path, str):
         return None
+    if event["event_type"] == "update":
+        old = message.get("old_entry")
+        if not isinstance(old, dict) or _content(old) == _content(entry):
+            return None  # tags or metadata changed (the verifier's own tagging among them), not the bytes
     if not path.startswith("/buckets/") or any(d in path for d in _IGNORED_DIRS):
         return None
     bucket, _, key = path[len("/buckets/"):].partition("/")
     if not bucket or not key or key.endswith("/"):
         return None
     return bucket, key
+
+
+def _content(entry: Any) -> Any:
+    """What identifies an entry's bytes: its ETag, MD5 and chunks (an object posted again over
+    itself arrives as an ``update`` whose bytes differ; a tagging ``update`` keeps them)."""
+    if not isinstance(entry, dict):
+        return None
+    extended = entry.get("extended") if isinstance(entry.get("extended"), dict) else {}
+    attributes = entry.get("attributes") if isinstance(entry.get("attributes"), dict) else {}
+    chunks = entry.get("chunks") if isinstance(entry.get("chunks"), list) else []
+    return (extended.get("Seaweed-X-Amz-ETag"), attributes.get("md5"), attributes.get("file_size"),
+            tuple(c.get("file_id") for c in chunks if isinstance(c, dict)))
 
 
 def seaweedfs_event(call: "Call") -> HttpResponse:
@@ -101,3 +124,49 @@ def verdict(call: "Call") -> HttpResponse:
     check, expected, actual = tags.get(CHECK_TAG, ""), tags.get(EXPECTED_TAG), tags.get(ACTUAL_TAG)
     return HttpResponse.json(200, {"key": key, "status": "rejected", "check": check, "expected": expected,
                                    "actual": actual, "message": f"rejected: {describe(check, expected, actual)}"})
+
+
+_GRANT_ID = re.compile(r"^[0-9a-f]{32}$")
+_STATUS_WORDS = {
+    "issued": "granted; no file has arrived yet",
+    "uploaded": "the file arrived; the verifier has not judged it yet",
+    "verified": "the file arrived and passed every check",
+    "rejected": "the file arrived and failed verification",
+    "expired": "the grant expired unused",
+}
+
+
+def grant_status(call: "Call") -> HttpResponse:
+    """The status of one of the caller's grants (``GET /uploads/{grant_id}``; needs a ledger)."""
+    ruleset = call.ruleset()
+    client = call.client(ruleset)
+    grant_id = call.request.path_params.get("grant_id", "")
+    if not _GRANT_ID.match(grant_id):
+        raise InvalidRequest("a grant id is 32 lower-case hex digits, as POST /uploads returned it",
+                             path="$.path.grant_id")
+    ledger = call.broker.ledger
+    if ledger is None:
+        raise NotFound("this broker keeps no grant ledger (BROKER_LEDGER=off), so grants have no status; "
+                       "ask GET /uploads/verdict?key= instead")
+    grant = ledger.get(grant_id)
+    user = call.user()
+    if grant is None or grant.client != client.id or (grant.user is not None and user is not None
+                                                      and grant.user != user):
+        raise NotFound(f"no grant {grant_id} of {client.id}")  # another client's grant is not there either
+    now = int(call.now.timestamp())
+    status = grant.status
+    if status in (ISSUED, EXPIRED):  # not settled: has the file arrived, unjudged so far?
+        arrived = call.broker.store.inspect(grant.bucket, grant.key, head_bytes=0) is not None
+        status = "uploaded" if arrived else EXPIRED if grant.expires_at <= now else ISSUED
+    body: dict[str, Any] = {
+        "grant_id": grant.grant_id, "status": status, "message": _STATUS_WORDS[status],
+        "key": grant.key, "bucket": grant.bucket, "profile": grant.profile, "content_type": grant.content_type,
+        "issued_at": iso_z(from_unix(grant.issued_at)), "expires_at": iso_z(from_unix(grant.expires_at)),
+        "size": grant.size, "declared_size": grant.declared_size,
+        "checks": list(grant.checks), "reused": grant.reused or None,
+    }
+    if grant.settled_at is not None and grant.status not in (ISSUED, EXPIRED):
+        body["settled_at"] = iso_z(from_unix(grant.settled_at))
+    if status == "rejected" and grant.checks:
+        body["message"] = f"the file arrived and failed verification: {', '.join(grant.checks)}"
+    return HttpResponse.json(200, {k: v for k, v in body.items() if v is not None})

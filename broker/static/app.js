@@ -193,7 +193,7 @@
     const xml = parseS3Xml(result.text);
     if (result.status >= 200 && result.status < 300) {
       row.stored(grant, { location: xml.location, etag: xml.etag || result.etag });
-      window.showVerdict(row.el, $(".body", row.el), grant.key, apiKey); // not awaited: the next file goes on
+      window.showVerdict(row.el, $(".body", row.el), grant.key, apiKey, { grantId: grant.grant_id }); // not awaited
     } else {
       const what = xml.code ? `${xml.code}: ${xml.message || "no message"}` : `HTTP ${result.status}`;
       row.fail("refused", `refused by the store · ${result.status}`, what);

@@ -23,9 +23,23 @@ def event(key: str, *, kind: str = "create", directory: bool = False) -> dict[st
     return {"event_type": kind, "key": f"/buckets/broker-uploads/{key}", "message": {"new_entry": entry}}
 
 
+def _update(*, tags_only: bool) -> dict[str, Any]:
+    """A filer ``update``: the verifier's tagging (same chunks), or the same form posted again (new chunks)."""
+    body = event(KEY, kind="update")
+    old = {**body["message"]["new_entry"], "chunks": [{"file_id": "3,01637037d6"}],
+           "extended": {"Seaweed-X-Amz-ETag": "YWJj"}}
+    new = {**old, "extended": {**old["extended"], "X-Amz-Tagging-broker-verdict": "dmVyaWZpZWQ="}}
+    if not tags_only:
+        new = {**new, "chunks": [{"file_id": "4,0255aa11"}], "extended": {"Seaweed-X-Amz-ETag": "ZGVm"}}
+    body["message"] = {"old_entry": old, "new_entry": new}
+    return body
+
+
 @pytest.mark.parametrize("body, found", [
     pytest.param(event(KEY), ("broker-uploads", KEY), id="object_created"),
-    pytest.param(event(KEY, kind="update"), None, id="update_is_ignored"),
+    pytest.param(event(KEY, kind="update"), None, id="update_without_old_entry_is_ignored"),
+    pytest.param(_update(tags_only=True), None, id="tagging_update_is_ignored"),
+    pytest.param(_update(tags_only=False), ("broker-uploads", KEY), id="object_posted_again_over_itself"),
     pytest.param(event(KEY, kind="delete"), None, id="delete_is_ignored"),
     pytest.param(event("uploads/web-app", directory=True), None, id="directory"),
     pytest.param({**event(KEY), "key": "/buckets/broker-uploads/.uploads/abc/0001.part"}, None, id="multipart_part"),

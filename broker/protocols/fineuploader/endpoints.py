@@ -34,7 +34,8 @@ from broker.models import Check, Client, Decision, Rule, RuleSet, SignedPost, Up
 from broker.protocols import common
 from broker.protocols.fineuploader.canonical import Operation, check_rest, parse_string_to_sign
 from broker.protocols.fineuploader.policy import SigningLimits, Violation, check_policy
-from broker.protocols.native import denial_body, parse_upload_request
+from broker.core.grants import grant_id_for
+from broker.protocols.native import denial_body, denial_headers, parse_upload_request
 from broker.timefmt import from_unix, iso_z
 from broker.web import HttpResponse
 
@@ -90,7 +91,7 @@ def denial_response(decision: Decision) -> HttpResponse:
     body = denial_body(decision)
     body.pop("error", None)
     reason = body.pop("message") or "denied"
-    return error_response(decision.status, reason, **body)
+    return error_response(decision.status, reason, headers=denial_headers(decision), **body)
 
 
 def object_params(fields: dict[str, str] | Any) -> dict[str, str]:
@@ -143,6 +144,7 @@ class FineUploader:
             decision = common.deny(client.id, decision.profile, Check.CONDITION_NOT_ALLOWED,
                                    f"{decision.profile} stores files as {storage}, which Fine Uploader "
                                    "cannot request; use the native API or Uppy", actual=storage)
+        decision = call.broker.record(call, client, decision, request)
         if not decision.allowed or decision.grant is None:
             call.broker.emit(common.record(call, event="fineuploader_key", decision=decision, request=request))
             return denial_response(decision)
@@ -158,6 +160,7 @@ class FineUploader:
                                        expires_at=_iso(expires_at)))
         return HttpResponse.json(200, {
             "key": grant.key,
+            "grantId": grant_id_for(grant.bucket, grant.key),
             "bucket": grant.bucket,
             "endpoint": call.broker.store.sigv4.bucket_url(grant.bucket).rstrip("/"),
             "region": rule.region,
