@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from broker import __version__
 from broker.config import DEFAULT_RULES, Settings, load_rules_file
 from broker.core.rules import api_key_hash
+from broker.core.sizes import human_size
 from broker.errors import BrokerError, ConfigError, RulesError
 
 EPILOG = """\
@@ -48,6 +49,12 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"buckets: {', '.join(sorted(ruleset.buckets()))})")
     if args.verbose:
         for client in ruleset.clients.values():
+            for name, quota in (("quota", client.quota), ("quota per user", client.quota_per_user)):
+                if quota is not None:
+                    print(f"  {client.id}: {name} {quota_words(quota)} (needs BROKER_LEDGER)")
+            if client.callback_url:
+                print(f"  {client.id}: verdicts POSTed to {client.callback_url.split('?')[0]}, "
+                      f"signed with ${client.callback_secret_env}")
             for rule in client.rules.values():
                 print(f"  {client.id}/{rule.name}: s3://{rule.bucket}/{rule.key_template}  "
                       f"{rule.min_bytes}-{rule.max_bytes} bytes  {' '.join(rule.content_types)}  "
@@ -87,11 +94,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
     grant = decision.grant
     assert grant is not None
     conditions = [{"bucket": grant.bucket}, {"key": grant.key}, *grant.conditions()]
+    quotas = {name: quota_words(quota) for name, quota in (("client", client.quota),
+                                                           ("each user", client.quota_per_user)) if quota}
+    reserved = args.size if args.size is not None else grant.max_bytes
     _print({"decision": "allowed", "client": grant.client, "rule": grant.profile,
             "bucket": grant.bucket, "key": grant.key, "expires_in": grant.expires_in,
             "conditions": conditions,
-            "note": "the key's random part differs on every real request"}, args)
+            **({"quota": quotas, "reserves": f"{human_size(reserved)} of bytes_per_day until the upload is "
+                                             "verified (then its real size), or released if never used"}
+               if quotas else {}),
+            "note": "the key's random part differs on every real request"
+                    + ("; quotas are counted by the grant ledger (BROKER_LEDGER), not here" if quotas else "")
+                    + ("; with a ledger, the declared size is signed exactly (content-length-range "
+                       f"{args.size}-{args.size})" if args.size is not None else "")},
+           args)
     return 0
+
+
+def quota_words(quota: Any) -> str:
+    """'1000 files an hour, 5 GB a day' for a Quota."""
+    parts = []
+    if quota.uploads_per_hour is not None:
+        parts.append(f"{quota.uploads_per_hour} files an hour")
+    if quota.bytes_per_day is not None:
+        parts.append(f"{human_size(quota.bytes_per_day)} a day")
+    return ", ".join(parts)
 
 
 def _print(payload: dict[str, Any], args: argparse.Namespace) -> None:
@@ -249,6 +276,182 @@ def _print_outcome(outcome: Any, args: argparse.Namespace, *, single: bool) -> i
     return {"verified": 0, "rejected": 1}.get(status, 2)
 
 
+def _report_settings(args: argparse.Namespace) -> Settings:
+    """Settings for broker usage/reconcile: the environment, with --ledger and --rules over it."""
+    overrides = {name: value for name, value in (("BROKER_LEDGER", args.ledger),
+                                                  ("BROKER_RULES", getattr(args, "rules", None))) if value}
+    return Settings.from_env({**os.environ, **overrides})
+
+
+def _report_ledger(settings: Settings) -> Any:
+    """The ledger to report on, or None (off); ConfigError when it cannot be opened. Never creates one."""
+    from broker.service import ledger_from
+
+    if settings.ledger.startswith("sqlite:///"):
+        path = settings.ledger[len("sqlite:///"):]
+        if not os.path.exists(path):
+            raise ConfigError(f"BROKER_LEDGER={settings.ledger}: there is no ledger at {os.path.abspath(path)} "
+                              "(a report never creates one): check the path and the working directory")
+    try:
+        return ledger_from(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Print grants, uploads, bytes and denials per client, profile and day (ledger, else audit files)."""
+    from broker import reports
+    from broker.core import usage
+    from broker.timefmt import iso_z
+
+    now = datetime.now(timezone.utc)
+    try:
+        by = usage.parse_by(args.by)
+        since = usage.parse_moment(args.since, now=now)
+        until = usage.parse_moment(args.until, now=now, option="--until") if args.until else now
+    except ValueError as exc:
+        print(f"broker usage: {exc}", file=sys.stderr)
+        return 2
+    if until <= since:
+        print(f"broker usage: --until ({iso_z(until)}) must be after --since ({iso_z(since)})", file=sys.stderr)
+        return 2
+    window = {"by": by, "since": int(since.timestamp()), "until": int(until.timestamp()),
+              "now": int(now.timestamp()), "client": args.client}
+    try:
+        settings = _report_settings(args)
+        ledger = None if args.audit else _report_ledger(settings)
+        if ledger is not None:
+            source, where = "ledger", ledger.location or settings.ledger
+            try:
+                rows = reports.usage_from_ledger(ledger, **window)
+            finally:
+                ledger.close()
+        else:
+            paths = args.audit or ([settings.audit_file] if settings.audit_file else [])
+            if not paths:
+                print("broker usage: no ledger (BROKER_LEDGER is off) and no audit log to count from: give "
+                      "--ledger sqlite:///var/ledger.db, or --audit FILE (or set BROKER_AUDIT_FILE)", file=sys.stderr)
+                return 2
+            try:
+                read = reports.read_audit(paths, stdin=sys.stdin)
+            except OSError as exc:
+                print(f"broker usage: cannot read the audit log {exc.filename}: {exc.strerror}", file=sys.stderr)
+                return 2
+            for bad in read.malformed:
+                print(f"broker usage: {bad.path}: skipped {bad.count} malformed line(s) "
+                      f"(the first, line {bad.first_line}: {bad.reason})", file=sys.stderr)
+            source, where = "audit", ", ".join(paths)
+            rows = usage.from_audit(read.events, **window)
+    except BrokerError as exc:
+        print(f"broker usage: {exc.message}", file=sys.stderr)
+        return 2
+    total = usage.totals(rows)
+    if args.json:
+        print(json.dumps({"since": iso_z(since), "until": iso_z(until), "by": list(by),
+                          "rows": [row.as_dict() for row in rows], "totals": total.as_dict(), "source": source}))
+        return 0
+    print(f"usage from {iso_z(since)} to {iso_z(until)} ({source}: {where})")
+    if not rows:
+        print("no grants in that period" + (f" for client {args.client}" if args.client else ""))
+        return 0
+    from broker.core.sizes import human_size
+
+    def cells(row: Any, label: list[str]) -> list[str]:
+        return [*label, *(human_size(row.bytes) if name == "bytes" else str(getattr(row, name))
+                          for name in usage.COUNTS)]
+
+    body = [cells(row, [value or "-" for _, value in row.group]) for row in rows]
+    foot = cells(total, ["total", *[""] * (len(by) - 1)])
+    _print_table([*by, *usage.COUNTS], [*body, foot], text_columns=len(by))
+    return 0
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_columns: int) -> None:
+    """Columns aligned: the first ``text_columns`` to the left, the numbers to the right."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(w) if i < text_columns else str(cell).rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare the grant ledger with a listing of the rules' prefixes; print every finding."""
+    from dataclasses import replace
+
+    from broker import reports
+    from broker.core.reconcile import KINDS
+    from broker.core.usage import parse_moment
+    from broker.service import build
+    from broker.timefmt import iso_z
+
+    now = datetime.now(timezone.utc)
+    try:
+        since = parse_moment(args.since, now=now)
+    except ValueError as exc:
+        print(f"broker reconcile: {exc}", file=sys.stderr)
+        return 2
+    now_s, since_s = int(now.timestamp()), int(since.timestamp())
+    progress = sys.stderr.isatty() and not args.json
+    shown = {"listed": False}
+
+    def listed(n: int) -> None:
+        shown["listed"] = True
+        print(f"\r{n} objects listed", end="", file=sys.stderr, flush=True)
+
+    settings: Settings | None = None
+    try:
+        settings = _report_settings(args)
+        ledger = _report_ledger(settings)
+        if ledger is None:
+            print("broker reconcile: reconcile needs the grant ledger: set BROKER_LEDGER (sqlite:///var/ledger.db "
+                  "or dynamodb://table-name) or give --ledger URL", file=sys.stderr)
+            return 2
+        broker = build(replace(settings, audit_file=None), audit_stream=None, ledger=ledger)
+        quarantine = broker.rules.current().quarantine_prefix
+        areas = broker.verifier.prefixes()
+        released = reports.release_expired(ledger, now=now_s) if args.release_expired else None
+        result = reports.reconcile_store(ledger, broker.store, areas, quarantine_prefix=quarantine, since=since_s,
+                                         now=now_s, unsettled_after=args.unsettled_minutes * 60,
+                                         progress=listed if progress else None)
+    except BrokerError as exc:
+        if shown["listed"]:
+            print(file=sys.stderr)
+        hint = f" (is the store at {settings.s3_endpoint_url or 'AWS S3'} reachable?)" \
+            if settings is not None and getattr(exc, "unreachable", False) and "Connect" in exc.message else ""
+        print(f"broker reconcile: {exc.message}{hint}", file=sys.stderr)
+        return 2
+    if shown["listed"]:
+        print(file=sys.stderr)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps({"since": iso_z(since), "now": iso_z(now), "ledger": ledger.location or settings.ledger,
+                          "areas": [f"s3://{b}/{p}" for b, p in areas], "released": released,
+                          "findings": [f.as_dict() for f in result.findings], "summary": summary}, default=str))
+        return 1 if result.findings else 0
+    buckets = ", ".join(sorted({bucket for bucket, _ in areas})) or "no bucket"
+    print(f"reconcile since {iso_z(since)}: {result.grants} grants, {result.objects} objects under "
+          f"{len(areas)} rule prefixes ({buckets}), {result.counters} quota counters")
+    if released is not None:
+        print(f"released {released} expired, unused grant(s) first")
+    if result.unlisted:
+        print(f"note: {result.unlisted} grant(s) are under no rule's prefix now (the rules changed?): not compared")
+    if result.busy:
+        print(f"note: {result.busy} quota counter(s) changed while being read: not compared (run again)")
+    for finding in result.findings[:args.limit]:
+        where = f"s3://{finding.bucket}/{finding.key}" if finding.key else \
+            f"{finding.details['scope']} {finding.details['window']}"
+        grant = f"  grant {finding.grant_id}" if finding.grant_id else ""
+        print(f"{finding.kind:14}  {where}{grant}\n{'':16}{finding.explanation}")
+    if len(result.findings) > args.limit:
+        print(f"... and {len(result.findings) - args.limit} more (--limit, or --json for all)")
+    if not result.findings:
+        print("nothing found: the ledger and the bucket agree")
+        return 0
+    counts = ", ".join(f"{summary[kind]} {kind}" for kind in KINDS if summary[kind])
+    print(f"{len(result.findings)} finding(s): {counts}")
+    return 1
+
+
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -367,6 +570,103 @@ examples:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the objects skipped")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "usage", help="grants, uploads, bytes and denials per client, profile and day",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Count what the broker granted and what was uploaded with it, per client, profile and UTC
+day. From the grant ledger (BROKER_LEDGER, or --ledger) when there is one; otherwise from
+audit log files (--audit, default BROKER_AUDIT_FILE). An upload is counted in its grant's
+row: the day it was granted, not the day it landed.""",
+        epilog="""\
+the columns:
+  grants    forms issued in the period
+  uploads   grants whose object the verifier has judged: verified + rejected
+  expired   grants whose form expired with nothing uploaded
+  unused    grants whose form can still be posted
+  bytes     the judged objects' sizes, plus every extra object of a reused form
+  denials   requests the rules refused (the ledger counts them per UTC day: a day
+            that overlaps the period counts whole)
+  reused    extra objects posted with a form already used once (see broker reconcile)
+
+from audit files (no ledger): an allowed line is a grant, a denied line a denial, a
+verification line an upload with its verdict and size. Lines that are not audit records
+are skipped, and how many is said on standard error.
+
+examples:
+  broker usage                                      # the last 7 days, per client and day
+  broker usage --since 24h --by client,profile
+  broker usage --since 2026-11-01 --until 2026-12-01 --client web-app --json
+  broker usage --ledger sqlite:///var/ledger.db --by day
+  broker usage --audit var/audit.jsonl --audit var/audit.old.jsonl
+  zcat audit-*.jsonl.gz | broker usage --audit - --by profile
+
+exit status: 0 the report was printed (even an empty one), 2 an error (no ledger and no
+audit log, a file that cannot be read, a bad option)""")
+    p.add_argument("--since", default="7d", metavar="WHEN",
+                   help="start: 7d, 24h, 30m, 2w ago, a date (2026-11-01, UTC) or an ISO time (default: 7d)")
+    p.add_argument("--until", metavar="WHEN", help="end, written as --since (default: now)")
+    p.add_argument("--by", default="client,day", metavar="DIMS",
+                   help="group by any of client, profile, day, comma-separated (default: client,day)")
+    p.add_argument("--client", metavar="ID", help="only this client")
+    p.add_argument("--ledger", metavar="URL", help="the ledger to read: sqlite:///var/ledger.db or "
+                                                   "dynamodb://table (default: $BROKER_LEDGER)")
+    p.add_argument("--audit", action="append", metavar="FILE",
+                   help="count from this audit log (JSON lines; '-' is standard input; repeatable) instead of "
+                        "the ledger (default without a ledger: $BROKER_AUDIT_FILE)")
+    p.add_argument("--json", action="store_true", help="one JSON document: since, until, by, rows, totals, source")
+    p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser(
+        "reconcile", help="compare the grant ledger with what is in the bucket",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+List every object under the rules' prefixes (the quarantine prefix left out) and compare
+the listing with the grants the ledger recorded in the period, and the ledger's quota
+counters with the grants they count. Needs the grant ledger (BROKER_LEDGER or --ledger).
+Reads only: nothing is changed, except with --release-expired.""",
+        epilog="""\
+findings:
+  unused_grant    a grant expired with nothing at its key: the form was never posted, or
+                  the upload failed. Harmless; many of them from one client can mean a
+                  broken upload page.
+  no_grant        an object (stored in the period) that no grant in the ledger allowed:
+                  written with IAM credentials rather than through a form, or uploaded
+                  before the ledger was turned on.
+  differs         an object unlike its grant: a size outside the grant's range, an ETag
+                  the verifier never saw (the object changed after it was judged), a
+                  rejected object still at its key, or a verified object that is gone.
+  reused          a form was posted more than once: each later object replaced the
+                  first. With bucket versioning on, restore the first verified version.
+  unsettled       an object whose grant is still "issued" --unsettled-minutes after it
+                  landed: the verifier has not judged it (its event was lost?). Run
+                  broker verify s3://bucket/key, or broker verify --all.
+  quota_mismatch  a quota counter that is not what its grants add up to: an hour counter
+                  must equal the grants issued that hour, a day counter the stored sizes
+                  (the reservation while a grant is open) plus reused objects.
+
+exit status: 0 nothing found, 1 something found, 2 an error (no ledger configured, the
+ledger or the store cannot be read, the rules do not load, a bad option)
+
+examples:
+  broker reconcile                                 # the last 2 days
+  broker reconcile --since 7d --limit 200
+  broker reconcile --ledger sqlite:///var/ledger.db --json > findings.json
+  broker reconcile --release-expired               # give expired grants' bytes back first""")
+    p.add_argument("--since", default="2d", metavar="WHEN",
+                   help="grants issued and objects stored since: 2d, 12h, a date or an ISO time (default: 2d)")
+    p.add_argument("--ledger", metavar="URL", help="the ledger to read: sqlite:///var/ledger.db or "
+                                                   "dynamodb://table (default: $BROKER_LEDGER)")
+    p.add_argument("--rules", help="rules file or s3:// URL, for the prefixes to list (default: $BROKER_RULES)")
+    p.add_argument("--unsettled-minutes", type=_positive, default=15, metavar="N",
+                   help="an object still unjudged this long after it landed is unsettled (default: 15)")
+    p.add_argument("--release-expired", action="store_true",
+                   help="first mark expired, unused grants expired and release their bytes (the one change)")
+    p.add_argument("--limit", type=_positive, default=50, metavar="N",
+                   help="findings printed (default: 50; --json prints all)")
+    p.add_argument("--json", action="store_true", help="one JSON document: findings and a summary of each kind")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("hash-key", help="make a new API key and its rules.yaml line",
                        description="Print a new random API key and the api_key_sha256 entry for "

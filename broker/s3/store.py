@@ -279,6 +279,22 @@ class S3Store:
             if not page.get("IsTruncated") or not token:
                 return
 
+    def objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int, str, datetime | None]]:
+        """Every (key, size, ETag unquoted, LastModified or None) under ``prefix``, page by page."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = self._call("list_objects_v2", "list the objects", params)
+            for item in page.get("Contents", []):
+                modified = item.get("LastModified")
+                yield (str(item["Key"]), int(item.get("Size", 0)), str(item.get("ETag", "")).strip('"'),
+                       modified if isinstance(modified, datetime) else None)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
     # ------------------------------------------------------------------ buckets
 
     def list_buckets(self) -> list[str]:
