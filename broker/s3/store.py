@@ -267,17 +267,8 @@ class S3Store:
 
     def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         """Every (key, size) under ``prefix``, page by page."""
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
-            if token:
-                params["ContinuationToken"] = token
-            page = self._call("list_objects_v2", "list the objects", params)
-            for item in page.get("Contents", []):
-                yield str(item["Key"]), int(item.get("Size", 0))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return
+        for key, size, _etag, _modified in self.objects(bucket, prefix):
+            yield key, size
 
     def objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int, str, datetime | None]]:
         """Every (key, size, ETag unquoted, LastModified or None) under ``prefix``, page by page."""
