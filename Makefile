@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv system-deps run test test-fast check bench soak package clean
+.PHONY: help venv system-deps dynalite run test test-fast check bench soak package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -22,10 +22,21 @@ venv: $(STAMP)  ## create .venv with the broker and its dev dependencies
 system-deps:  ## install Chromium from Debian (browser tests)
 	bash scripts/install-system-deps.sh
 
+# dynalite: a DynamoDB API server on Node, from the npm registry, for the ledger's DynamoDB
+# engine tests (tests/ledger/dynamo_fixtures.py starts it). Node and npm are installed from
+# Debian if missing (scripts/install-node.sh).
+DYNALITE_VERSION ?= 4.0.0
+DYNALITE := $(VENV)/dynalite/node_modules/dynalite/cli.js
+$(DYNALITE): | $(STAMP)
+	bash scripts/install-node.sh
+	npm install --prefix $(VENV)/dynalite --no-audit --no-fund --loglevel=error dynalite@$(DYNALITE_VERSION)
+
+dynalite: $(DYNALITE)  ## install dynalite (npm) into .venv/dynalite for the DynamoDB ledger tests
+
 run: venv  ## start SeaweedFS + the broker + the upload page on http://127.0.0.1:8000
 	$(BIN)/python -m broker.dev.run
 
-test: venv system-deps  ## run every test (unit, real store, real browser)
+test: venv system-deps dynalite  ## run every test (unit, real store, real browser, real DynamoDB API)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: venv  ## unit tests only: no store, no browser, no soak (pytest markers)

@@ -229,3 +229,26 @@ def verifier_policy_document(ruleset: RuleSet, *, rules_location: str | None = N
     statements.extend(_kms_statements(rules, target, reader=True))
     statements.extend(_rules_object_statements(rules_location, target))
     return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+#: The DynamoDB actions each function uses on the grant ledger's table (``LedgerTable``, read
+#: and written by :mod:`broker.ledger.dynamodb`), and no others. The signer reserves grants
+#: (Query: a scope's expired grants; UpdateItem: counters and releases; GetItem: the usage a
+#: refusal reports, ``GET /uploads/{grant_id}``; BatchWriteItem: finders; PutItem: the grant) and
+#: counts denials (UpdateItem). The verifier reads and settles grants (GetItem, UpdateItem,
+#: BatchWriteItem). The reports and ``broker reconcile --release-expired`` (Scan, Query) run
+#: with an operator's credentials, never a function's.
+LEDGER_ACTIONS: dict[str, tuple[str, ...]] = {
+    "signer": ("dynamodb:BatchWriteItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query",
+               "dynamodb:UpdateItem"),
+    "verifier": ("dynamodb:BatchWriteItem", "dynamodb:GetItem", "dynamodb:UpdateItem"),
+}
+
+
+def ledger_policy_document(role: str, table_arn: Any) -> dict[str, Any]:
+    """The policy letting ``role`` (``signer`` or ``verifier``) use the ledger table ``table_arn``
+    (an ARN, or a CloudFormation ``Fn::GetAtt``), with exactly :data:`LEDGER_ACTIONS`."""
+    if role not in LEDGER_ACTIONS:
+        raise PolicyError(f"no ledger policy for role {role!r} (roles: {', '.join(LEDGER_ACTIONS)})")
+    return {"Version": POLICY_VERSION,
+            "Statement": [_statement("UseGrantLedger", list(LEDGER_ACTIONS[role]), [table_arn])]}

@@ -261,3 +261,17 @@ def test_verdicts_add_reads_of_the_rule_prefixes_and_the_quarantine_only(ruleset
     assert all(r.startswith("arn:aws:s3:::broker-uploads/") and r.endswith("/*") for r in resources)
     assert "arn:aws:s3:::broker-uploads/*" not in resources
     assert findings(wider) == []
+
+
+def test_ledger_policies_pass_parliament_and_name_only_the_table() -> None:
+    from broker.deploy.iam import LEDGER_ACTIONS, ledger_policy_document
+
+    table = "arn:aws:dynamodb:eu-west-1:111122223333:table/broker-LedgerTable-1A2B3C"
+    for role, actions in LEDGER_ACTIONS.items():
+        policy = ledger_policy_document(role, table)
+        assert findings(policy) == []
+        assert statements(policy) == {"UseGrantLedger": (sorted(actions), [table])}
+    # the verifier settles: it never records a grant nor lists a scope's
+    assert set(LEDGER_ACTIONS["verifier"]) < set(LEDGER_ACTIONS["signer"])
+    with pytest.raises(PolicyError, match="roles: signer, verifier"):
+        ledger_policy_document("admin", table)

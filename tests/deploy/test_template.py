@@ -2,10 +2,11 @@
 
 moto's CloudFormation has no SAM transform, so the test translates ``template.yaml`` with
 aws-sam-translator (the library ``sam deploy`` and CloudFormation itself use) and deploys the
-result. moto models the bucket (name, encryption), the roles and policies, the log groups,
-both functions and the invoke permissions; it skips the HTTP API resources and ignores the
-bucket's CORS, public access block, lifecycle and notifications, so those are asserted on the
-translated template instead, and its resources are checked for a circular dependency.
+result. moto models the bucket (name, encryption), the ledger table (keys, billing), the roles
+and policies, the log groups, both functions and the invoke permissions; it skips the HTTP API
+resources and ignores the bucket's CORS, public access block, lifecycle and notifications and
+the table's TTL and point-in-time recovery, so those are asserted on the translated template
+instead, and its resources are checked for a circular dependency.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import pytest
 from moto import mock_aws
 
 from broker.deploy.cors import cors_rule
-from broker.deploy.iam import merge_prefixes, policy_document, verifier_policy_document
+from broker.deploy.iam import (LEDGER_ACTIONS, ledger_policy_document, merge_prefixes, policy_document,
+                               verifier_policy_document)
 from broker.deploy.template import TemplateError, notification_prefixes, set_code_uri, update_template
 from broker.core.keys import rule_prefix
 from tests.conftest import ROOT
@@ -130,7 +132,7 @@ def test_no_long_lived_keys_anywhere(cfn: dict[str, Any]) -> None:
     assert not resources_of(cfn, "AWS::IAM::AccessKey") and not resources_of(cfn, "AWS::IAM::User")
     for function in ("SignerFunction", "VerifierFunction"):
         env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
-        assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS"}
+        assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS", "BROKER_LEDGER"}
     text = json.dumps(cfn)
     assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
 
@@ -175,7 +177,7 @@ def test_verifier_function_settings(cfn: dict[str, Any]) -> None:
     assert props["LoggingConfig"]["LogGroup"] == {"Ref": "VerifierLogGroup"}
     assert props["ReservedConcurrentExecutions"] == {
         "Fn::If": ["ReserveVerifierConcurrency", {"Ref": "VerifierReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
-    assert res["VerifierFunction"]["DependsOn"] == ["VerifierPolicy"]
+    assert res["VerifierFunction"]["DependsOn"] == ["VerifierPolicy", "VerifierLedgerPolicy"]
     policy = res["VerifierPolicy"]["Properties"]
     assert policy["Roles"] == [{"Ref": "VerifierRole"}]
     assert res["RulesReadPolicy"]["Properties"]["Roles"] == [{"Ref": "SignerRole"}, {"Ref": "VerifierRole"}]
@@ -256,6 +258,31 @@ def test_serving_only_verified_objects_is_one_parameter(cfn: dict[str, Any]) -> 
         "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["VerifierRole", "Arn"]}}}  # it reads to judge
 
 
+def test_the_grant_ledger_table_and_who_may_use_it(cfn: dict[str, Any]) -> None:
+    from broker.ledger.dynamodb import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, TTL_ATTRIBUTE
+
+    res = cfn["Resources"]
+    table = res["LedgerTable"]
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == list(KEY_SCHEMA)  # the engine's own key schema
+    assert props["AttributeDefinitions"] == list(ATTRIBUTE_DEFINITIONS)
+    assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert set(props) == {"BillingMode", "KeySchema", "AttributeDefinitions", "TimeToLiveSpecification",
+                          "PointInTimeRecoverySpecification"}  # no index: the engine queries none
+    for role in ("Signer", "Verifier"):
+        env = res[f"{role}Function"]["Properties"]["Environment"]["Variables"]
+        assert env["BROKER_LEDGER"] == {"Fn::Sub": "dynamodb://${LedgerTable}"}
+        policy = res[f"{role}LedgerPolicy"]["Properties"]
+        assert policy["Roles"] == [{"Ref": f"{role}Role"}]
+        assert policy["PolicyDocument"] == ledger_policy_document(role.lower(), {"Fn::GetAtt": ["LedgerTable", "Arn"]})
+        assert f"{role}LedgerPolicy" in res[f"{role}Function"]["DependsOn"]  # no call before its permission
+    assert "dynamodb:Scan" not in {a for actions in LEDGER_ACTIONS.values() for a in actions}
+    assert cfn["Outputs"]["LedgerTableName"]["Value"] == {"Ref": "LedgerTable"}
+
+
 def test_notification_prefixes_only_for_the_template_bucket() -> None:
     from tests.deploy.helpers import make_rules
 
@@ -306,7 +333,7 @@ def test_stack_creates_bucket_role_policy_and_function(stack: dict[str, Any], ru
     trust = iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
     assert sorted(iam.list_role_policies(RoleName=role_name)["PolicyNames"]) == [
-        "read-rules-object", "upload-signer", "write-own-logs"]
+        "read-rules-object", "upload-signer", "use-grant-ledger", "write-own-logs"]
     signer = iam.get_role_policy(RoleName=role_name, PolicyName="upload-signer")["PolicyDocument"]
     signer = json.loads(signer) if isinstance(signer, str) else signer
     assert signer == policy_document(ruleset)  # the partition resolved to "aws"
@@ -329,7 +356,7 @@ def test_stack_creates_the_verifier_with_its_own_role(stack: dict[str, Any], rul
     role_name = stack["VerifierRole"]["PhysicalResourceId"]
     assert role_name != stack["SignerRole"]["PhysicalResourceId"]
     assert sorted(iam.list_role_policies(RoleName=role_name)["PolicyNames"]) == [
-        "read-rules-object", "upload-verifier", "write-own-logs"]
+        "read-rules-object", "upload-verifier", "use-grant-ledger", "write-own-logs"]
     verifier = iam.get_role_policy(RoleName=role_name, PolicyName="upload-verifier")["PolicyDocument"]
     verifier = json.loads(verifier) if isinstance(verifier, str) else verifier
     assert verifier == verifier_policy_document(ruleset)
@@ -341,6 +368,26 @@ def test_stack_creates_the_verifier_with_its_own_role(stack: dict[str, Any], rul
     assert fn["Environment"]["Variables"]["BROKER_RULES"] == RULES_LOCATION
     assert stack["VerifierLogGroup"]["PhysicalResourceId"] == "/aws/lambda/broker-verifier"
     assert "VerifierInvokePermission" in stack
+
+
+def test_stack_creates_the_ledger_table_each_role_may_use(stack: dict[str, Any]) -> None:
+    from broker.ledger.dynamodb import KEY_SCHEMA
+
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    iam = boto3.client("iam", region_name="us-east-1")
+    lam = boto3.client("lambda", region_name="us-east-1")
+    name = stack["LedgerTable"]["PhysicalResourceId"]
+    table = ddb.describe_table(TableName=name)["Table"]
+    assert table["KeySchema"] == list(KEY_SCHEMA)
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    # moto's CloudFormation leaves TTL and point-in-time recovery off: asserted on the template above
+    for role, function in (("signer", "broker-signer"), ("verifier", "broker-verifier")):
+        env = lam.get_function(FunctionName=function)["Configuration"]["Environment"]["Variables"]
+        assert env["BROKER_LEDGER"] == f"dynamodb://{name}"
+        role_name = stack[f"{role.title()}Role"]["PhysicalResourceId"]
+        doc = iam.get_role_policy(RoleName=role_name, PolicyName="use-grant-ledger")["PolicyDocument"]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        assert doc == ledger_policy_document(role, table["TableArn"])
 
 
 def cf_status() -> str:

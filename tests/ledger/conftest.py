@@ -12,10 +12,7 @@ import pytest
 
 from broker.ledger import Ledger
 from broker.ledger.sqlite import SqliteLedger
-try:  # TEMP until dynamo_fixtures lands
-    from tests.ledger.dynamo_fixtures import dynalite  # noqa: F401 - the session's DynamoDB-API server
-except ImportError:
-    pass
+from tests.ledger.dynamo_fixtures import dynalite  # noqa: F401 - the session's DynamoDB-API server
 
 ENGINES = [
     pytest.param("sqlite", id="sqlite"),
