@@ -7,6 +7,7 @@ upload to, a form posted twice (the store takes both; the second object is quara
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import requests
 
@@ -70,3 +71,18 @@ def test_a_form_posted_twice_is_caught_as_grant_reused(verifying: Verifying) -> 
     assert line["ledger"] == "reused" and line["grant_id"] == body["grant_id"]
     record = verifying.broker.ledger.get(body["grant_id"])
     assert record.status == VERIFIED and record.reused == 1 and record.size == len(first)
+
+
+def test_with_versioning_the_first_verified_version_can_be_restored(store: Any, make_bucket: Any) -> None:
+    """The remediation docs/LEDGER.md gives for a reused grant, tried on SeaweedFS: with bucket
+    versioning on, the second object does not destroy the first, which can be copied back."""
+    s3 = store.s3_client()
+    bucket = make_bucket(prefix="versioned")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = "uploads/web-app/avatars/2026-11-29/0123456789abcdef0123456789abcdef.png"
+    first = s3.put_object(Bucket=bucket, Key=key, Body=b"the first, verified file")
+    s3.put_object(Bucket=bucket, Key=key, Body=b"the same form posted again")
+    versions = [v for v in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if v["Key"] == key]
+    assert len(versions) == 2 and first["VersionId"] in {v["VersionId"] for v in versions}
+    s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key, "VersionId": first["VersionId"]})
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"the first, verified file"
