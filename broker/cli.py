@@ -315,7 +315,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if until <= since:
         print(f"broker usage: --until ({iso_z(until)}) must be after --since ({iso_z(since)})", file=sys.stderr)
         return 2
-    window = {"by": by, "since": int(since.timestamp()), "until": int(until.timestamp()),
+    # "now" takes in the grants of this very second (windows are [since, until) in whole seconds)
+    window = {"by": by, "since": int(since.timestamp()), "until": int(until.timestamp()) + (0 if args.until else 1),
               "now": int(now.timestamp()), "client": args.client}
     try:
         settings = _report_settings(args)

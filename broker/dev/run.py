@@ -34,7 +34,7 @@ from broker.errors import ConfigError, RulesError
 from broker.logs import log_event
 from broker.models import RuleSet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: make run keeps its data in var/ there
 #: The demo key of the ``web-app`` client in the example rules.yaml (see its comments).
 DEMO_API_KEY = "demo-web-app-key"
 ENV_DATA_DIR = "BROKER_DATA_DIR"
@@ -224,6 +224,12 @@ def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
         "",
         "    " + curl_example(plan_).replace("\n", "\n    "),
         "",
+        "  Grants, usage and what landed, from another terminal:",
+        "",
+        '    eval "$(.venv/bin/python -m broker.dev.run --env)"',
+        "    .venv/bin/broker usage --since 1d        # grants, uploads, bytes, denials per client and day",
+        "    .venv/bin/broker reconcile               # the ledger against the bucket (exit 1: findings)",
+        "",
         "  Press Ctrl-C to stop the broker and the store.",
         "",
     ])
@@ -329,7 +335,7 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m broker.dev.run --help``."""
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="make run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the broker locally: a SeaweedFS store that enforces POST policies like S3, "
@@ -337,11 +343,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "the upload page. Ctrl-C stops everything it started.",
         epilog=ENVIRONMENT_HELP,
     )
+    parser.add_argument("--env", action="store_true",
+                        help="print export lines that point the broker command at this store, rules, ledger "
+                             "and audit log (eval \"$(.venv/bin/python -m broker.dev.run --env)\"), and exit")
+    return parser
+
+
+def shell_env(plan_: RunPlan, env: Mapping[str, str]) -> str:
+    """``export`` lines that point the ``broker`` command at make run's store, rules, ledger and audit log."""
+    from broker.dev.store import StoreConfig
+
+    config = StoreConfig.from_env(plan_.data_dir / "store", env)
+    s = plan_.settings
+    values = {"AWS_ENDPOINT_URL_S3": config.endpoint_url, "AWS_ACCESS_KEY_ID": config.access_key,
+              "AWS_SECRET_ACCESS_KEY": config.secret_key, "BROKER_RULES": s.rules, "BROKER_LEDGER": s.ledger,
+              "BROKER_AUDIT_FILE": s.audit_file or ""}
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point: exit 0 after a clean stop, 1 when something prevents the start."""
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.env:
+        try:
+            print(shell_env(plan(os.environ if env is None else env), os.environ if env is None else env), end="")
+        except RunError as exc:
+            print(f"make run: {exc}", file=sys.stderr)
+            return 1
+        return 0
     previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
     try:
         run(plan(os.environ if env is None else env))

@@ -23,6 +23,21 @@ def test_plan_defaults_keep_data_and_audit_under_the_data_dir(tmp_path: Path) ->
     assert p.settings.s3_endpoint_url is None  # the shell's endpoint is not the local store
     assert p.page_url == "http://127.0.0.1:8000/"
     assert p.demo_key_works()
+    assert p.settings.ledger == f"sqlite:///{tmp_path / 'ledger.db'}"  # a SQLite grant ledger by default
+
+
+def test_the_default_data_dir_is_var_in_the_checkout() -> None:
+    assert devrun.DEFAULT_DATA_DIR == ROOT / "var"
+
+
+def test_env_points_the_broker_command_at_the_running_stack(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"BROKER_DATA_DIR": str(tmp_path), "BROKER_STORE_PORT": "18333"}
+    assert devrun.main(["--env"], env=env) == 0
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:18333"
+    assert lines["BROKER_LEDGER"] == f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert lines["AWS_ACCESS_KEY_ID"].startswith("AKID") and len(lines["AWS_SECRET_ACCESS_KEY"]) > 20
 
 
 def test_bucket_cors_allows_the_rules_origins_and_the_pages_own(tmp_path: Path) -> None:
