@@ -51,6 +51,7 @@ _INSERT = f"INSERT INTO grants ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * 
 _ADD = ("INSERT INTO counters (scope, window, value, ends_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (scope, window) DO UPDATE SET value = value + excluded.value")
 _RELEASE_BATCH = 100  # expired grants released by one reservation, at most
+DENIAL_WAIT_MS = 200  # how long counting a denial waits for the write lock
 
 
 class SqliteLedger(Ledger):
@@ -180,12 +181,19 @@ class SqliteLedger(Ledger):
         return len(rows)
 
     def count_denial(self, client: str, profile: str | None, *, now: int) -> None:
-        try:
-            self._conn().execute(
+        conn = self._conn()
+        try:  # best effort, so it never waits long: a denial is audited whether or not it is counted
+            conn.execute(f"PRAGMA busy_timeout = {DENIAL_WAIT_MS}")
+            conn.execute(
                 "INSERT INTO denials (client, profile, day, n) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (client, profile, day) DO UPDATE SET n = n + 1", (client, profile or "", day_of(now)))
         except sqlite3.Error as exc:
             log_event("ledger_denial_not_counted", ledger=self.location, error=str(exc))
+        finally:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy * 1000)}")
+            except sqlite3.Error:
+                pass
 
     def denials(self, *, since: int = 0) -> Iterator[tuple[str, str, str, int]]:
         for client, profile, day, n in self._read(
@@ -214,14 +222,18 @@ class _Transaction:
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.Error as commit_exc:
-                self.conn.execute("ROLLBACK")
+                self._rollback()  # a full disk or an I/O error may have rolled it back already
                 raise self.ledger._unavailable("written", commit_exc) from None
-        try:
-            self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise self.ledger._unavailable("written", exc) from None
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
 
 def _check(db: sqlite3.Connection, scope: str, window: str, add: int, limit: int | None,
