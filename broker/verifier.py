@@ -106,8 +106,11 @@ class Verifier:
                 return Outcome("verified" if verdict.verified else "rejected", bucket, key, verdict, "none")
             verdict, settled = self._settle(verdict)
             outcome = self._act(verdict, ruleset.quarantine_prefix, source, request_id, settled)
+        try:  # after the lock: a slow receiver (inline, on Lambda) never holds up this object's next event
             self._call_back(ruleset, outcome)
-            return outcome
+        except Exception as exc:  # noqa: BLE001 - a callback never undoes a verdict
+            log_event("callback_failed", key=key[:1024], error=f"{type(exc).__name__}: {exc}"[:500])
+        return outcome
 
     def _call_back(self, ruleset: Any, outcome: Outcome) -> None:
         """POST the verdict to the client's callback, if it has one (after the object was marked or moved)."""

@@ -28,7 +28,7 @@ Times are whole seconds since the epoch (UTC); windows are fixed UTC hours and d
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from broker.core.grants import grant_id_for as grant_id_for  # re-exported: how a grant's id is made

@@ -1,19 +1,18 @@
 """The verifier with a grant ledger: each object settles its grant once; a second object is caught.
 
-The store is the in-memory one of tests/test_verifier.py; the ledger a real SQLite file. A form
+The store is the in-memory one of tests/test_verifier.py; the ledger each engine in turn. A form
 posted twice on a real store: tests/e2e/test_ledger_e2e.py.
 """
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.audit import AuditLog
 from broker.config.sources import RulesProvider, StaticSource
-from broker.ledger import REJECTED, VERIFIED, GrantRecord, Limit, LedgerUnavailable, grant_id_for
+from broker.ledger import Ledger, REJECTED, VERIFIED, GrantRecord, Limit, LedgerUnavailable, grant_id_for
 from broker.ledger.sqlite import SqliteLedger
 from broker.verifier import VERDICT_TAG, Verifier
 from tests.conftest import NOW
@@ -21,11 +20,6 @@ from tests.test_sniff import png
 from tests.test_verifier import KEY, Objects, lines
 
 T = int(NOW.timestamp())
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> SqliteLedger:
-    return SqliteLedger(tmp_path / "ledger.db")
 
 
 @pytest.fixture
@@ -39,13 +33,13 @@ def audit() -> io.StringIO:
 
 
 @pytest.fixture
-def verifier(rules_text: str, bucket: Objects, audit: io.StringIO, ledger: SqliteLedger) -> Verifier:
+def verifier(rules_text: str, bucket: Objects, audit: io.StringIO, ledger: Ledger) -> Verifier:
     provider = RulesProvider(StaticSource(rules_text), reload_seconds=3600)
     provider.refresh()
     return Verifier(provider, bucket, AuditLog(stream=audit), clock=lambda: NOW, ledger=ledger)  # type: ignore[arg-type]
 
 
-def granted(ledger: SqliteLedger, *, size: int | None = None, key: str = KEY) -> GrantRecord:
+def granted(ledger: Ledger, *, size: int | None = None, key: str = KEY) -> GrantRecord:
     low, high = (size, size) if size is not None else (1, 5 * 1024**2)
     record = GrantRecord(grant_id=grant_id_for("broker-uploads", key), client="web-app", profile="avatars",
                          bucket="broker-uploads", key=key, content_type="image/png", min_bytes=low, max_bytes=high,
@@ -54,7 +48,7 @@ def granted(ledger: SqliteLedger, *, size: int | None = None, key: str = KEY) ->
 
 
 def test_a_verified_object_settles_its_grant_to_the_stored_size(verifier: Verifier, bucket: Objects,
-                                                                 ledger: SqliteLedger, audit: io.StringIO) -> None:
+                                                                 ledger: Ledger, audit: io.StringIO) -> None:
     grant = granted(ledger)
     bucket.put(KEY, png())
     assert verifier.verify_object("broker-uploads", KEY).status == "verified"
@@ -65,7 +59,7 @@ def test_a_verified_object_settles_its_grant_to_the_stored_size(verifier: Verifi
 
 
 def test_a_rejected_object_settles_with_its_failed_checks(verifier: Verifier, bucket: Objects,
-                                                          ledger: SqliteLedger) -> None:
+                                                          ledger: Ledger) -> None:
     grant = granted(ledger)
     bucket.put(KEY, b"<html><script>x</script></html>")
     assert verifier.verify_object("broker-uploads", KEY).action == "quarantined"
@@ -74,7 +68,7 @@ def test_a_rejected_object_settles_with_its_failed_checks(verifier: Verifier, bu
 
 
 def test_a_second_object_at_a_used_key_is_rejected_as_grant_reused(verifier: Verifier, bucket: Objects,
-                                                                   ledger: SqliteLedger, audit: io.StringIO) -> None:
+                                                                   ledger: Ledger, audit: io.StringIO) -> None:
     grant = granted(ledger)
     bucket.put(KEY, png())
     verifier.verify_object("broker-uploads", KEY)
@@ -90,7 +84,7 @@ def test_a_second_object_at_a_used_key_is_rejected_as_grant_reused(verifier: Ver
 
 
 def test_an_event_replayed_settles_once_and_judges_once(verifier: Verifier, bucket: Objects,
-                                                        ledger: SqliteLedger, audit: io.StringIO) -> None:
+                                                        ledger: Ledger, audit: io.StringIO) -> None:
     grant = granted(ledger)
     bucket.put(KEY, png())
     bucket.fail.add("tag")  # the store fails after the ledger was settled: the event comes again
@@ -105,7 +99,7 @@ def test_an_event_replayed_settles_once_and_judges_once(verifier: Verifier, buck
     assert [c.value for c in ledger.counters() if c.window.startswith("d")] == [len(png())]
 
 
-def test_a_size_the_grant_did_not_allow_is_rejected(verifier: Verifier, bucket: Objects, ledger: SqliteLedger) -> None:
+def test_a_size_the_grant_did_not_allow_is_rejected(verifier: Verifier, bucket: Objects, ledger: Ledger) -> None:
     granted(ledger, size=100)  # an exact declared size (a multipart upload is not held to it by the store)
     bucket.put(KEY, png())
     outcome = verifier.verify_object("broker-uploads", KEY)

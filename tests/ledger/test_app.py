@@ -1,6 +1,6 @@
-"""The broker with a grant ledger, in process: record before the form, quotas, status, settling.
+"""The broker with a grant ledger, in process, on every engine: record before the form, quotas, status.
 
-The ledger is a real SQLite file; S3 calls go to moto (API calls only: what a real store
+The ledger is each engine of tests/ledger/conftest.py; S3 calls go to moto (API calls only: what a real store
 enforces is tried in tests/e2e/test_ledger_e2e.py on SeaweedFS).
 """
 from __future__ import annotations
@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from broker.config import schemas
-from broker.ledger import EXPIRED, ISSUED, VERIFIED, LedgerUnavailable, grant_id_for
+from broker.ledger import Ledger, EXPIRED, ISSUED, VERIFIED, LedgerUnavailable, grant_id_for
 from broker.ledger.sqlite import SqliteLedger
 from broker.s3.post import decode_policy
 from broker.web import HttpRequest
@@ -30,18 +29,13 @@ def rules_with(**client: Any) -> str:
     return yaml.safe_dump(doc)
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> SqliteLedger:
-    return SqliteLedger(tmp_path / "ledger.db")
-
-
 def get(broker: Any, path: str, *, api_key: str | None = WEB_KEY, principals: tuple[str, ...] = ()) -> tuple[int, dict[str, Any], dict[str, str]]:
     headers = {"x-api-key": api_key} if api_key else {}
     resp = broker.handle(HttpRequest("GET", path, headers, {}, b"", "203.0.113.9", "req-2", principals=principals))
     return resp.status, json.loads(resp.body) if resp.body else {}, resp.headers
 
 
-def test_every_grant_is_recorded_before_its_form_and_names_its_id(make_broker: Any, ledger: SqliteLedger,
+def test_every_grant_is_recorded_before_its_form_and_names_its_id(make_broker: Any, ledger: Ledger,
                                                                    audit_stream: io.StringIO) -> None:
     broker = make_broker(ledger=ledger)
     status, body, _ = post_json(broker, "/uploads", AVATAR)
@@ -60,7 +54,7 @@ def test_every_grant_is_recorded_before_its_form_and_names_its_id(make_broker: A
     assert line["grant_id"] == body["grant_id"]
 
 
-def test_without_a_declared_size_the_rules_max_is_reserved(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_without_a_declared_size_the_rules_max_is_reserved(make_broker: Any, ledger: Ledger) -> None:
     broker = make_broker(ledger=ledger)
     body = post_json(broker, "/uploads", {k: v for k, v in AVATAR.items() if k != "size"})[1]
     record = ledger.get(body["grant_id"])
@@ -75,7 +69,7 @@ def test_without_a_ledger_nothing_changes_but_the_id(make_broker: Any) -> None:
     assert status == 404 and "BROKER_LEDGER" in body["message"]
 
 
-def test_over_quota_is_429_with_retry_after_the_limit_and_the_usage(make_broker: Any, ledger: SqliteLedger,
+def test_over_quota_is_429_with_retry_after_the_limit_and_the_usage(make_broker: Any, ledger: Ledger,
                                                                      audit_stream: io.StringIO) -> None:
     broker = make_broker(rules_with(quota={"uploads_per_hour": 2}), ledger=ledger)
     assert [post_json(broker, "/uploads", AVATAR)[0] for _ in range(2)] == [200, 200]
@@ -94,7 +88,7 @@ def test_over_quota_is_429_with_retry_after_the_limit_and_the_usage(make_broker:
     assert list(ledger.denials()) == [("web-app", "avatars", f"d{int(NOW.timestamp()) // 86400}", 1)]
 
 
-def test_bytes_per_day_counts_declared_sizes(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_bytes_per_day_counts_declared_sizes(make_broker: Any, ledger: Ledger) -> None:
     broker = make_broker(rules_with(quota={"bytes_per_day": "3000 B"}), ledger=ledger)
     assert post_json(broker, "/uploads", {**AVATAR, "size": 2000})[0] == 200
     status, body, _ = post_json(broker, "/uploads", {**AVATAR, "size": 1001})
@@ -102,7 +96,7 @@ def test_bytes_per_day_counts_declared_sizes(make_broker: Any, ledger: SqliteLed
     assert post_json(broker, "/uploads", {**AVATAR, "size": 1000})[0] == 200
 
 
-def test_each_user_has_a_quota_of_their_own(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_each_user_has_a_quota_of_their_own(make_broker: Any, ledger: Ledger) -> None:
     doc = yaml.safe_load(rules_with(quota_per_user={"uploads_per_hour": 1}, principals=["group:members"]))
     broker = make_broker(yaml.safe_dump(doc), ledger=ledger)
 
@@ -128,7 +122,7 @@ def test_a_ledger_that_cannot_be_written_means_no_form(make_broker: Any, audit_s
     assert (line["decision"], line["error"], line["status"]) == ("error", "ledger_unavailable", 503)
 
 
-def test_status_follows_a_grant_from_issued_to_verified(make_broker: Any, ledger: SqliteLedger, s3_client: Any) -> None:
+def test_status_follows_a_grant_from_issued_to_verified(make_broker: Any, ledger: Ledger, s3_client: Any) -> None:
     broker = make_broker(ledger=ledger)
     body = post_json(broker, "/uploads", AVATAR)[1]
     gid = body["grant_id"]
@@ -141,7 +135,7 @@ def test_status_follows_a_grant_from_issued_to_verified(make_broker: Any, ledger
     assert (got["status"], got["size"], got["settled_at"]) == ("verified", 1200, "2026-11-28T14:49:31Z")
 
 
-def test_status_of_an_unused_grant_after_its_expiry_is_expired(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_status_of_an_unused_grant_after_its_expiry_is_expired(make_broker: Any, ledger: Ledger) -> None:
     clock = [NOW]
     broker = make_broker(ledger=ledger, clock=lambda: clock[0])
     gid = post_json(broker, "/uploads", AVATAR)[1]["grant_id"]
@@ -158,27 +152,27 @@ def test_status_of_an_unused_grant_after_its_expiry_is_expired(make_broker: Any,
     pytest.param("/uploads/" + "0" * 31 + "g", WEB_KEY, 400, "invalid_request", id="not_hex"),
     pytest.param("/uploads/" + "0" * 32, None, 401, "unauthenticated", id="no_key"),
 ])
-def test_status_refuses_what_it_should(make_broker: Any, ledger: SqliteLedger, path: str, key: str | None,
+def test_status_refuses_what_it_should(make_broker: Any, ledger: Ledger, path: str, key: str | None,
                                        status: int, error: str) -> None:
     got = get(make_broker(ledger=ledger), path, api_key=key)
     assert (got[0], got[1]["error"]) == (status, error)
 
 
-def test_another_clients_grant_is_not_found(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_another_clients_grant_is_not_found(make_broker: Any, ledger: Ledger) -> None:
     broker = make_broker(ledger=ledger)
     gid = post_json(broker, "/uploads", AVATAR)[1]["grant_id"]
     status, body, _ = get(broker, f"/uploads/{gid}", api_key=ACME_KEY)
     assert status == 404 and body["error"] == "not_found"
 
 
-def test_denials_of_every_protocol_are_counted(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_denials_of_every_protocol_are_counted(make_broker: Any, ledger: Ledger) -> None:
     broker = make_broker(ledger=ledger)
     post_json(broker, "/uploads", {**AVATAR, "content_type": "image/svg+xml", "filename": "x.svg"})
     post_json(broker, "/fineuploader/key", {**AVATAR, "content_type": "image/svg+xml", "filename": "x.svg"})
     assert sum(n for *_, n in ledger.denials()) == 2
 
 
-def test_companion_and_fine_uploader_grants_are_recorded_too(make_broker: Any, ledger: SqliteLedger) -> None:
+def test_companion_and_fine_uploader_grants_are_recorded_too(make_broker: Any, ledger: Ledger) -> None:
     broker = make_broker(ledger=ledger)
     status, fu, _ = post_json(broker, "/fineuploader/key", AVATAR)
     assert status == 200 and ledger.get(fu["grantId"]).protocol == "fineuploader"  # type: ignore[union-attr]
