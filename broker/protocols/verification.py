@@ -116,22 +116,29 @@ def verdict(call: "Call") -> HttpResponse:
         return HttpResponse.json(200, {"key": key, "status": status,
                                        "message": {"verified": "verified", "pending": "not verified yet"}
                                        .get(status, status)})
-    moved = store.inspect(rule.bucket, ruleset.quarantine_prefix + key, head_bytes=0)
-    if moved is None or moved.tags.get(VERDICT_TAG) != "rejected":
+    held = quarantined(call, rule.bucket, key)
+    if held is None:
         return HttpResponse.json(200, {"key": key, "status": "missing",
                                        "message": "no such object (not uploaded yet, or deleted)"})
-    tags = moved.tags
-    check, expected, actual = tags.get(CHECK_TAG, ""), tags.get(EXPECTED_TAG), tags.get(ACTUAL_TAG)
+    check, expected, actual = held
     return HttpResponse.json(200, {"key": key, "status": "rejected", "check": check, "expected": expected,
                                    "actual": actual, "message": f"rejected: {describe(check, expected, actual)}"})
+
+
+def quarantined(call: "Call", bucket: str, key: str) -> tuple[str, str | None, str | None] | None:
+    """(check, expected, actual) as the quarantined copy of ``key`` keeps them in its tags, or None."""
+    moved = call.broker.store.inspect(bucket, call.ruleset().quarantine_prefix + key, head_bytes=0)
+    if moved is None or moved.tags.get(VERDICT_TAG) != "rejected":
+        return None
+    return moved.tags.get(CHECK_TAG, ""), moved.tags.get(EXPECTED_TAG), moved.tags.get(ACTUAL_TAG)
 
 
 _GRANT_ID = re.compile(r"^[0-9a-f]{32}$")
 _STATUS_WORDS = {
     "issued": "granted; no file has arrived yet",
     "uploaded": "the file arrived; the verifier has not judged it yet",
-    "verified": "the file arrived and passed every check",
-    "rejected": "the file arrived and failed verification",
+    "verified": "verified",
+    "rejected": "rejected",
     "expired": "the grant expired unused",
 }
 
@@ -167,6 +174,8 @@ def grant_status(call: "Call") -> HttpResponse:
     }
     if grant.settled_at is not None and grant.status not in (ISSUED, EXPIRED):
         body["settled_at"] = iso_z(from_unix(grant.settled_at))
-    if status == "rejected" and grant.checks:
-        body["message"] = f"the file arrived and failed verification: {', '.join(grant.checks)}"
+    if status == "rejected":  # in words, as the quarantined copy's tags keep it (else the checks' names)
+        held = quarantined(call, grant.bucket, grant.key)
+        body["message"] = f"rejected: {describe(*held)}" if held is not None and held[0] else \
+            f"rejected: failed {', '.join(grant.checks) or 'verification'}"
     return HttpResponse.json(200, {k: v for k, v in body.items() if v is not None})

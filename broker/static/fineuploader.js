@@ -14,6 +14,7 @@
   const $ = (selector) => document.querySelector(selector);
   const grants = {};      // file id -> promise of the broker's answer for that file
   const tokens = {};      // file id -> grant token (sent back in x-upload-grant)
+  const grantIds = {};    // file id -> grant id (GET uploads/{grant_id}: the file's status)
   const results = {};     // file id -> {state, reason, key}, read by tests and the list below
   window.fineUploaderResults = results;
   let config = null;
@@ -60,6 +61,7 @@
         }),
       }).then((grant) => {
         tokens[id] = grant.grant;
+        grantIds[id] = grant.grantId;
         uploader.setParams(grant.params, id);   // Cache-Control, Content-Disposition, metadata...
         uploader.setAcl(grant.acl, id);
         if (grant.endpoint !== config.endpoint) uploader.setEndpoint(grant.endpoint, id);
@@ -129,7 +131,7 @@
           if (response && response.success) {
             show(id, { state: "done", status: "stored" });
             const li = row(id);
-            window.showVerdict(li, li, uploader.getKey(id), apiKey(), { base: BROKER + "/" });
+            window.showVerdict(li, li, uploader.getKey(id), apiKey(), { base: BROKER + "/", grantId: grantIds[id] });
           }
         },
         onError: (id, name, reason) => {

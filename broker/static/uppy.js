@@ -24,7 +24,10 @@
     headers.set("x-api-key", $("#api-key").value.trim());
     options.headers = headers;
     const response = await nativeFetch(input, options);
-    if (response.ok) return response;
+    if (response.ok) {
+      response.clone().json().then(rememberGrant, () => {});  // /s3/params and /s3/multipart name the grant
+      return response;
+    }
     let message = response.statusText;
     try {
       const body = await response.clone().json();
@@ -33,6 +36,12 @@
     const statusText = message.replace(/[^\t\x20-\x7e]/g, "?").slice(0, 500);
     return new Response(await response.text(), { status: response.status, statusText, headers: response.headers });
   };
+
+  const grantIds = {};  // object key -> grant id (GET uploads/{grant_id}: the file's status)
+  function rememberGrant(body) {
+    const key = body && (body.key || (body.fields && body.fields.key));
+    if (key && body.grant_id) grantIds[key] = body.grant_id;
+  }
 
   function show(file, state, detail) {
     const result = results[file.id] || (results[file.id] = { name: file.name });
@@ -70,7 +79,9 @@
     const key = (response && response.body && response.body.key) || "";
     show(file, "done", key);
     const li = document.querySelector(`li[data-id="${CSS.escape(file.id)}"]`);
-    if (key && li) window.showVerdict(li, li, key, $("#api-key").value.trim(), { base: BROKER + "/" });
+    if (key && li) {
+      window.showVerdict(li, li, key, $("#api-key").value.trim(), { base: BROKER + "/", grantId: grantIds[key] });
+    }
   });
   uppy.on("upload-error", (file, error) => {
     if (file) show(file, "failed", error && error.message ? error.message : String(error));
