@@ -22,10 +22,11 @@ the strings sort as the numbers do.
 How each operation keeps the counters right, and why a crash anywhere leaves at most an
 over-count (the safe direction), never an under-count:
 
-- **reserve**: release the scopes' expired grants (their ``r#`` finders up to now); then per
-  scope one ``ADD`` of 1 to the hour and of the reserved bytes to the day, conditioned on both
-  staying within the limits (a refusal undoes the scopes already counted); the finders; the
-  grant, conditioned on not existing. A crash after a counter: counted, never recorded.
+- **reserve**: per scope one ``ADD`` of 1 to the hour and of the reserved bytes to the day,
+  conditioned on both staying within the limits; refused for bytes, the scope's expired grants
+  are released first (their ``r#`` finders up to now) and the count tried once more; a refusal
+  undoes the scopes already counted. Then the finders; the grant, conditioned on not existing.
+  A crash after a counter: counted, never recorded.
 - **release**: the grant goes ``issued`` -> ``expired`` (conditioned on ``issued``: one winner),
   then its bytes come off each scope. A crash between: the bytes stay counted.
 - **settle**: the grant takes its verdict, conditioned on the status it was read in. A
@@ -341,12 +342,16 @@ class DynamoLedger(Ledger):
         """Record ``grant`` and count it in every limit's scope, all or nothing (see the module docstring)."""
         record = dataclasses.replace(grant, scopes=tuple(limit.scope for limit in limits))
         hour, day = hour_of(grant.issued_at), day_of(grant.issued_at)  # the windows it is counted in
-        for scope in dict.fromkeys(record.scopes):
-            self._release_scope(scope, now)
         counted: list[str] = []
         try:
             for limit in limits:
-                self._count(limit, hour, day, record.reserved_bytes, now)
+                try:
+                    self._count(limit, hour, day, record.reserved_bytes, now)
+                except QuotaExceeded as exc:
+                    # Expired grants give bytes back only when they are needed: one Query less per grant.
+                    if exc.quota != "bytes_per_day" or not self._release_scope(limit.scope, now):
+                        raise
+                    self._count(limit, hour, day, record.reserved_bytes, now)
                 counted.append(limit.scope)
             self._batch([{"PutRequest": {"Item": {**key, TTL_ATTRIBUTE: _value(record.expires_at + TTL_SECONDS)}}}
                          for key in _finder_keys(record)], f"record the finders of grant {record.grant_id}")
@@ -444,12 +449,11 @@ class DynamoLedger(Ledger):
 
     # ------------------------------------------------------------------ release
 
-    def _release_scope(self, scope: str, now: int) -> None:
-        """Release the expired, unused grants counted in ``scope`` (up to RELEASE_PER_SCOPE)."""
+    def _release_scope(self, scope: str, now: int) -> int:
+        """Release the expired, unused grants counted in ``scope`` (up to RELEASE_PER_SCOPE); how many."""
         finders = list(self._query(f"r#{scope}", f"find the expired grants of scope {scope}",
                                    below=_expired_upto(now), limit=RELEASE_PER_SCOPE))
-        for finder in finders:
-            self._release(finder, now)
+        return sum(self._release(finder, now) for finder in finders)
 
     def _release(self, finder: dict[str, Any], now: int) -> bool:
         """Release the grant a finder names, if it is still issued and expired; drop stale finders."""

@@ -227,14 +227,17 @@ def test_a_crash_between_counting_and_recording_leaves_only_an_over_count(dyn: D
         raise Crash()
 
     crashing = DynamoLedger(dyn.table, client=Faulty(dyn._client, put_item=crash))
-    limit = Limit("client:acme", 10, 10 * MIB)
+    limit = Limit("client:acme", 10, 2 * MIB)
     with pytest.raises(Crash):
         crashing.reserve(grant(1, ttl=60), [limit], now=T0)
     assert dyn.get(grant(1).grant_id) is None
     assert raw_counter(dyn, "client:acme") == {hour_of(T0): 1, "b": MIB}  # counted, never recorded: over
-    # Its finder outlives it; once expired, the next reservation finds no grant behind it and drops
-    # the finder without taking anything off (a count is never taken back twice).
     dyn.reserve(grant(2), [limit], now=T0 + 61)
+    # Its finder outlives it; once expired, the next reservation refused for want of bytes releases
+    # what it can: it finds no grant behind that finder and drops it without taking anything off (a
+    # count is never taken back twice), so the refusal stands.
+    with pytest.raises(QuotaExceeded):
+        dyn.reserve(grant(3), [limit], now=T0 + 62)
     assert raw_counter(dyn, "client:acme") == {hour_of(T0): 2, "b": 2 * MIB}
     assert [i["sk"]["S"].partition("#")[2] for i in raw_items(dyn, "r#")] == [grant(2).grant_id]
     recorded = sum(g.reserved_bytes for g in dyn.grants() if g.status == ISSUED)
@@ -414,11 +417,11 @@ def test_each_function_calls_only_what_its_iam_policy_allows() -> None:
 
         for client in (ledger._client, ledger._once):
             client.meta.events.register("before-call.dynamodb.*", record)
-        limits = [Limit("client:acme", 1, 3 * MIB), Limit("user:acme:bob", 5, None)]
+        limits = [Limit("client:acme", 1, MIB), Limit("user:acme:bob", 5, None)]
         ledger.reserve(grant(1, ttl=10, user="bob"), limits, now=T0)
         with pytest.raises(QuotaExceeded):
             ledger.reserve(grant(2, user="bob"), limits, now=T0 + 5)
-        ledger.reserve(grant(3, user="bob", issued=T0 + 3600), limits, now=T0 + 3600)  # releases grant 1
+        ledger.reserve(grant(3, user="bob", issued=T0 + 3600), limits, now=T0 + 3600)  # needs grant 1's bytes
         ledger.get(grant(3).grant_id)
         ledger.count_denial("acme", "avatar", now=T0)
         signer, sent[:] = set(sent), []
