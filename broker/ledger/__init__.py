@@ -125,6 +125,11 @@ def day_of(ts: int) -> str:
     return f"d{ts // 86400}"
 
 
+def window_start(window: str) -> int:
+    """The first second of ``window``."""
+    return int(window[1:]) * (3600 if window[0] == "h" else 86400)
+
+
 def window_end(window: str) -> int:
     """The first second after ``window``."""
     span = 3600 if window[0] == "h" else 86400
