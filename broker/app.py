@@ -24,7 +24,7 @@ from broker.fast.ids import new_random_id
 from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded, grant_id_for
 from broker.logs import log_event
 from broker.models import (
-    Check, Client, Credentials, Decision, Quota, RequestContext, RuleSet, SignedPost, UploadRequest,
+    Check, Client, Credentials, Decision, Grant, Quota, RequestContext, RuleSet, SignedPost, UploadRequest,
 )
 from broker.s3.store import S3Store
 from broker.web import HttpRequest, HttpResponse, Router
@@ -176,7 +176,8 @@ class Broker:
             return decision
         grant = decision.grant
         if request.size is not None:  # reserve what was declared, and let S3 hold the upload to it
-            grant = replace(grant, min_bytes=request.size, max_bytes=request.size)
+            grant = Grant(grant.client, grant.profile, grant.bucket, grant.key, grant.content_type,
+                          request.size, request.size, grant.expires_in, grant.fields)
         user = call.user()
         limits = [_limit(f"client:{client.id}", client.quota)]
         if user is not None and client.quota_per_user is not None:
@@ -187,7 +188,8 @@ class Broker:
             bucket=grant.bucket, key=grant.key, content_type=grant.content_type, min_bytes=grant.min_bytes,
             max_bytes=grant.max_bytes, reserved_bytes=grant.max_bytes, issued_at=issued,
             expires_at=issued + self.store.expires_in(grant, call.now), declared_size=request.size, user=user,
-            protocol=call.context.protocol, request_id=call.context.request_id)
+            protocol=call.context.protocol, request_id=call.context.request_id,
+            scopes=tuple(limit.scope for limit in limits))  # as stored: the engine need not copy it
         try:
             ledger.reserve(record, limits, now=issued)
         except QuotaExceeded as exc:
@@ -197,7 +199,7 @@ class Broker:
                                    f"{_usage_words(exc.quota, exc.usage)} so far; try again in {exc.retry_after} s",
                             expected={exc.quota: exc.limit}, actual={exc.quota: exc.usage},
                             retry_after=exc.retry_after)
-        return replace(decision, grant=grant)
+        return Decision(True, decision.client, decision.profile, grant=grant)
 
     def emit(self, rec: dict[str, Any]) -> None:
         """Write an audit record; failing to write means failing the request (503).
