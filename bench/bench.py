@@ -18,6 +18,12 @@ which waiting for a shared CPU does not inflate; throughput is wall clock.
                    CPU, keep-alive, loopback) / the same requests through ``Broker.handle``
                    in process.
                                                                            target >= 0.7
+5. verifier        judge + tag one stored object / bare HEAD + ranged GET (SeaweedFS,
+                   wall clock).                                            target <= 1.5
+6. ledger          the warm request of 1. on a broker with the SQLite grant ledger (a file
+                   in WAL mode, as ``BROKER_LEDGER=sqlite:///var/ledger.db``) and a quota on
+                   the client, so every grant is reserved and checked against it before it
+                   is signed / ``client.generate_presigned_post``.         target <= 1.3
 
 No network beyond 127.0.0.1: fake static credentials, signing is local. Bounded in count
 and time everywhere; the whole run takes about a minute. ``--importtime`` adds the slowest
@@ -26,6 +32,7 @@ imports of a broker cold start, for diagnosis.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import http.client
@@ -61,7 +68,7 @@ FAKE_ENV = {
     "AWS_LAMBDA_FUNCTION_NAME": "upload-broker-bench",  # as on Lambda: the handler also writes EMF counts
 }
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BROKER_RULES",
-              "BROKER_AUDIT_FILE", "BROKER_S3_ADDRESSING_STYLE"):
+              "BROKER_AUDIT_FILE", "BROKER_S3_ADDRESSING_STYLE", "BROKER_LEDGER"):
     os.environ.pop(_name, None)
 os.environ.update(FAKE_ENV)
 
@@ -674,6 +681,134 @@ def server(tmp: Path, audit: io.TextIOBase, rounds: int) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- 6. ledger
+
+
+# The quota the benchmark's client gets in row 6 (in place of any in rules.yaml): high enough
+# never to be reached, so every request is allowed, but there, so every grant is checked and counted.
+QUOTA = {"uploads_per_hour": 10_000_000, "bytes_per_day": "1 TB"}
+
+
+def wall_per_call(fn: Callable[[], Any], n: int) -> float:
+    """Wall-clock seconds per call of ``fn`` over ``n`` calls (includes waiting: I/O, a shared CPU)."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def ledger(tmp: Path, audit: io.TextIOBase, lh: Any, rounds: int) -> list[Row]:
+    """The warm request with the SQLite ledger and a client quota against a bare generate_presigned_post."""
+    import sqlite3
+
+    import boto3
+    import yaml
+    from botocore.config import Config
+
+    from broker import config, service
+    from broker.adapters import apigw
+    from broker.core import rules
+    from broker.ledger import GrantRecord, Limit, grant_id_for
+    from broker.ledger.sqlite import SqliteLedger
+    from broker.metrics import EmfLines
+    from broker.models import UploadRequest
+
+    doc = yaml.safe_load((ROOT / "rules.yaml").read_text())  # the example rules, with QUOTA on API_KEY's client
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    named = [c for c in doc["clients"].values() if digest in c.get("api_key_sha256", ())]
+    if len(named) != 1:
+        raise SystemExit("bench: rules.yaml no longer has the client of the benchmark's API key")
+    named[0]["quota"] = dict(QUOTA)
+    rules_path = tmp / "rules-quota.yaml"
+    rules_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    db = tmp / "ledger" / "ledger.db"
+    settings = config.Settings(rules=str(rules_path), rules_reload_seconds=3600.0,
+                               ledger=f"sqlite:///{db}")  # as BROKER_LEDGER names it (absolute path)
+    broker = service.build(settings, audit_stream=audit)  # as lambda_handler builds it, plus the ledger
+    broker.metrics = EmfLines()
+    broker.callbacks_in_background = False
+    led = broker.ledger
+    if not isinstance(led, SqliteLedger):
+        raise SystemExit(f"bench: the broker has no SQLite ledger ({led!r})")
+    look = sqlite3.connect(db)  # a second connection, as another worker's: what is in the file
+    mode = look.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        raise SystemExit(f"bench: the SQLite ledger is in {mode} mode, not WAL")
+    ruleset = broker.rules.current()
+    client = ruleset.clients[ruleset.by_api_key[digest]]
+    if client.quota is None or client.quota.uploads_per_hour != QUOTA["uploads_per_hour"]:
+        raise SystemExit(f"bench: the benchmark's client has quota {client.quota}, not {QUOTA}")
+
+    ev = event()
+    first = apigw.handle(broker, ev)
+    if first["statusCode"] != 200:
+        raise SystemExit(f"bench: the broker with a ledger refused the benchmark request: {first['body']}")
+    now = broker.clock()
+    decided = rules.evaluate(ruleset, client, UploadRequest(BODY["filename"], BODY["content_type"], BODY["size"]),
+                             now=now, random_id=broker.new_id()).grant
+    assert decided is not None
+    # The form the broker signs with a ledger: the declared size becomes the exact size range.
+    grant = dataclasses.replace(decided, min_bytes=BODY["size"], max_bytes=BODY["size"])
+    s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
+    fields, conditions = dict(grant.fields), grant.conditions()
+
+    def naive() -> Any:
+        return s3.generate_presigned_post(Bucket=grant.bucket, Key=grant.key, Fields=fields,
+                                          Conditions=conditions, ExpiresIn=grant.expires_in)
+
+    naive_fields = naive()["fields"]
+    broker_fields = json.loads(first["body"])["fields"]
+    if sorted(naive_fields) != sorted(broker_fields):
+        raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
+
+    # The ledger alone: reserve fresh grants (a key is never granted twice) in the client's scope.
+    issued = int(now.timestamp())
+    limits = [Limit(f"client:{client.id}", client.quota.uploads_per_hour, client.quota.bytes_per_day)]
+    serial = iter(range(10**9))
+
+    def reserve() -> Any:
+        key = f"uploads/web-app/avatars/bench/{next(serial):012d}.png"
+        return led.reserve(GrantRecord(
+            grant_id=grant_id_for(grant.bucket, key), client=client.id, profile=grant.profile,
+            bucket=grant.bucket, key=key, content_type=grant.content_type, min_bytes=BODY["size"],
+            max_bytes=BODY["size"], reserved_bytes=BODY["size"], issued_at=issued, expires_at=issued + 300,
+            declared_size=BODY["size"]), limits, now=int(time.time()))
+
+    def request() -> Any:
+        return apigw.handle(broker, ev)
+
+    def plain() -> Any:
+        return lh.handler(ev)
+
+    n = 400
+    for fn in (request, naive, plain, reserve):
+        per_call(fn, 50)  # warm caches (and the ledger's pages)
+    before = {(c.scope, c.window): c.value for c in led.counters()}
+    t_req, t_naive, ratio = interleaved(lambda: per_call(request, n), lambda: per_call(naive, n), rounds)
+    granted = rounds * n
+    hour = f"h{int(time.time()) // 3600}"  # (a run that crosses the hour is not checked)
+    after = {(c.scope, c.window): c.value for c in led.counters()}
+    counted = after.get((f"client:{client.id}", hour), 0) - before.get((f"client:{client.id}", hour), 0)
+    if hour == f"h{issued // 3600}" and counted != granted:
+        raise SystemExit(f"bench: {granted} grants issued but {counted} counted in the client's quota")
+    w_req, w_naive, w_ratio = interleaved(lambda: wall_per_call(request, n), lambda: wall_per_call(naive, n), rounds)
+    t_led, t_plain, led_ratio = interleaved(lambda: per_call(request, n), lambda: per_call(plain, n), rounds)
+    t_res, t_naive3, res_ratio = interleaved(lambda: per_call(reserve, n), lambda: per_call(naive, n), rounds)
+    rows_in = look.execute("SELECT count(*) FROM grants").fetchone()[0]
+    look.close()
+    led.close()
+    return [
+        Row("6. grant with the SQLite ledger (WAL file, client quota checked) / bare generate_presigned_post",
+            us(t_req), us(t_naive), ratio, "<= 1.3", ratio <= 1.3),
+        Row("   (same, wall clock: includes the ledger's disk waits and the shared CPUs)",
+            us(w_req), us(w_naive), w_ratio, "", None),
+        Row("   (diagnosis) the same request with the ledger / without (row 1, lambda_handler.handler)",
+            us(t_led), us(t_plain), led_ratio, "", None),
+        Row(f"   (diagnosis) SqliteLedger.reserve alone ({rows_in:,} grants in the file) / generate_presigned_post",
+            us(t_res), us(t_naive3), res_ratio, "", None),
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -776,8 +911,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison (default 7)")
     parser.add_argument("--importtime", action="store_true", help="also list the slowest cold-start imports")
-    parser.add_argument("--only", default="warm,cold,scale,server,verify",
-                        help="comma-separated subset of: warm, cold, scale, server, verify")
+    parser.add_argument("--only", default="warm,cold,scale,server,verify,ledger",
+                        help="comma-separated subset of: warm, cold, scale, server, verify, ledger")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     started = time.perf_counter()
@@ -790,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, step in (("warm", lambda: warm(lh, args.rounds)), ("cold", lambda: cold(tmp, args.rounds)),
                                ("scale", lambda: scale(tmp, audit, args.rounds)),
                                ("server", lambda: server(tmp, audit, max(3, args.rounds // 2))),
-                               ("verify", lambda: verify(tmp, audit, args.rounds))):
+                               ("verify", lambda: verify(tmp, audit, args.rounds)),
+                               ("ledger", lambda: ledger(tmp, audit, lh, args.rounds))):
                 if name not in only:
                     continue
                 t0 = time.perf_counter()
