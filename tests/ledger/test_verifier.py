@@ -17,19 +17,9 @@ from broker.ledger.sqlite import SqliteLedger
 from broker.verifier import VERDICT_TAG, Verifier
 from tests.conftest import NOW
 from tests.test_sniff import png
-from tests.test_verifier import KEY, Objects, lines
+from tests.test_verifier import KEY, Objects, audit, bucket, lines  # noqa: F401 - audit, bucket: fixtures
 
 T = int(NOW.timestamp())
-
-
-@pytest.fixture
-def bucket() -> Objects:
-    return Objects()
-
-
-@pytest.fixture
-def audit() -> io.StringIO:
-    return io.StringIO()
 
 
 @pytest.fixture
