@@ -257,7 +257,9 @@ class Broker:
     def error_response(self, call: Call, exc: BrokerError) -> HttpResponse:
         """Audit an error (best effort) and render it as a JSON response."""
         if not isinstance(exc, AuditUnavailable):  # that one was logged where it happened
-            rec = audit.record(now=call.now, context=call.context, error=exc, client=call.client_id)
+            protocol = call.context.protocol  # each protocol's errors under its own event
+            rec = audit.record(now=call.now, context=call.context, error=exc, client=call.client_id,
+                               event="upload" if protocol == "native" else f"{protocol}_error")
             try:
                 self.audit_log.emit(rec)
             except AuditUnavailable as audit_exc:

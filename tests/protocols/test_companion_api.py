@@ -87,6 +87,19 @@ def test_every_route_needs_authentication(fu_broker: Any, method: str, path: str
     assert answer.status == 401 and "API key" in answer.body["message"]
 
 
+@pytest.mark.parametrize("method, path, event", [
+    pytest.param("GET", "/s3/params", "companion_error", id="companion"),
+    pytest.param("POST", "/fineuploader/key", "fineuploader_error", id="fineuploader"),
+    pytest.param("GET", "/uploads/verdict", "verification_error", id="verification"),
+    pytest.param("POST", "/uploads", "upload", id="native"),
+])
+def test_each_protocols_errors_are_audited_under_its_own_event(fu_broker: Any, audit_stream: Any, method: str,
+                                                               path: str, event: str) -> None:
+    answer = call(fu_broker, method, path, {} if method == "POST" else None, api_key=None)
+    rec = audit_lines(audit_stream)[-1]
+    assert answer.status == 401 and (rec["decision"], rec["event"], rec["error"]) == ("error", event, "unauthenticated")
+
+
 # --------------------------------------------------------------------------- multipart
 
 

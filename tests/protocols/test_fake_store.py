@@ -105,7 +105,7 @@ def test_a_store_outage_mid_upload_is_a_503_and_audited(rules_text: str) -> None
     assert listed.status == 503 and listed.body["error"] == "service_unavailable", listed
     assert "ServiceUnavailable" in listed.body["message"]
     rec = audit_lines(audit)[-1]
-    assert (rec["decision"], rec["status"], rec["event"]) == ("error", 503, "upload")
+    assert (rec["decision"], rec["status"], rec["event"]) == ("error", 503, "companion_error")
 
 
 def test_an_audit_failure_after_completing_deletes_the_object(rules_text: str, tmp_path: Any) -> None:
