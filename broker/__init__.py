@@ -25,6 +25,7 @@ cycle (``tests/test_layers.py`` checks it)::
       callbacks.py     completion callbacks: the payload, its HMAC signature, URL checks
       usage.py         broker usage: grants, uploads, bytes and denials counted per client/profile/day
       reconcile.py     broker reconcile: ledger records against a bucket listing -> findings
+      windows.py       quota windows: fixed UTC hours and days, and their names
     config/          settings and rules loading, validated once, loudly
       settings.py      Settings from the environment
       loader.py        parse (YAML, or JSON for .json), schema, build, run the checks

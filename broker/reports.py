@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from broker.core import usage
-from broker.core.reconcile import ListedObject, Reconciliation, day_window, hour_window, reconcile
+from broker.core.reconcile import ListedObject, Reconciliation, reconcile
+from broker.core.windows import day_of, hour_of
 from broker.ledger import Ledger, grant_id_for
 from broker.s3.store import S3Store
 
@@ -116,7 +117,7 @@ def reconcile_store(ledger: Ledger, store: S3Store, areas: Sequence[tuple[str, s
             late.append(grant)
             if grant.issued_at >= day_start:  # issued after the counters were read: not in them
                 busy.update((scope, w) for scope in grant.scopes
-                            for w in (hour_window(grant.issued_at), day_window(grant.issued_at)))
+                            for w in (hour_of(grant.issued_at), day_of(grant.issued_at)))
         kept.append(obj)
     result = reconcile([*grants, *late], kept, counters, areas=areas,
                        quarantine_prefix=quarantine_prefix, since=since, now=now,

@@ -23,6 +23,7 @@ from typing import Any, Collection, Iterable, Protocol, Sequence
 
 from broker.core.sizes import human_size
 from broker.core.usage import EXPIRED, ISSUED, REJECTED, VERIFIED, GrantLike, day_label
+from broker.core.windows import day_of as day_window, hour_of as hour_window, window_end
 from broker.timefmt import from_unix, iso_z
 
 UNUSED_GRANT, NO_GRANT, DIFFERS, REUSED, UNSETTLED, QUOTA_MISMATCH = (
@@ -111,21 +112,6 @@ class Reconciliation:
             counts[finding.kind] += 1
         return {**counts, "findings": len(self.findings), "grants": self.grants, "objects": self.objects,
                 "counters": self.counters, "unlisted_grants": self.unlisted, "busy_counters": self.busy}
-
-
-def hour_window(ts: int) -> str:
-    """The hour counter window holding ``ts`` (as :func:`broker.ledger.hour_of` names it)."""
-    return f"h{ts // 3600}"
-
-
-def day_window(ts: int) -> str:
-    """The day counter window holding ``ts`` (as :func:`broker.ledger.day_of` names it)."""
-    return f"d{ts // 86400}"
-
-
-def window_end(window: str) -> int:
-    """The first second after a counter window."""
-    return (int(window[1:]) + 1) * (3600 if window[0] == "h" else 86400)
 
 
 def day_bytes(grant: ReconcileGrant) -> int:

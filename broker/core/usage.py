@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Protocol, Sequence
 
+from broker.core.windows import window_start
+
 #: What rows can be grouped by, in the order the columns are shown when all are asked for.
 DIMENSIONS = ("client", "profile", "day")
 DEFAULT_BY = ("client", "day")
@@ -166,7 +168,7 @@ def from_grants(grants: Iterable[GrantLike], denials: Iterable[tuple[str, str, s
                   expired=int(g.status == EXPIRED or (g.status == ISSUED and not open_)), unused=int(open_),
                   bytes=(g.size if settled and g.size else 0) + g.reused_bytes, reused=g.reused)
     for who, profile, window, count in denials:
-        start = int(window[1:]) * 86400
+        start = window_start(window)
         if start < until and start + 86400 > since and (client is None or who == client):
             tally.add(who, profile, start, denials=count)
     return tally.rows()

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from broker.core.grants import grant_id_for as grant_id_for  # re-exported: how a grant's id is made
+from broker.core.windows import day_of as day_of, hour_of as hour_of  # re-exported: the quota windows
+from broker.core.windows import window_end as window_end, window_start as window_start
 from broker.errors import ServiceUnavailable
 
 ISSUED, VERIFIED, REJECTED, EXPIRED = "issued", "verified", "rejected", "expired"
@@ -113,27 +115,6 @@ class Counter:
     scope: str
     window: str
     value: int
-
-
-def hour_of(ts: int) -> str:
-    """The hour window holding ``ts``."""
-    return f"h{ts // 3600}"
-
-
-def day_of(ts: int) -> str:
-    """The day window holding ``ts``."""
-    return f"d{ts // 86400}"
-
-
-def window_start(window: str) -> int:
-    """The first second of ``window``."""
-    return int(window[1:]) * (3600 if window[0] == "h" else 86400)
-
-
-def window_end(window: str) -> int:
-    """The first second after ``window``."""
-    span = 3600 if window[0] == "h" else 86400
-    return (int(window[1:]) + 1) * span
 
 
 class Ledger(abc.ABC):

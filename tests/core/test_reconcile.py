@@ -237,11 +237,14 @@ def test_grants_before_the_period_are_matched_but_not_reported(ledger: Ledger) -
     assert result.findings == () and result.grants == 0
 
 
-def test_the_window_names_agree_with_the_ledgers() -> None:
+def test_quota_windows_are_fixed_utc_hours_and_days() -> None:
+    from broker.core.windows import window_start
+
     for ts in (0, T0, T0 + 3599, T0 + DAY):
-        assert rc.hour_window(ts) == hour_of(ts) and rc.day_window(ts) == day_of(ts)
-        for window in (hour_of(ts), day_of(ts)):
-            assert rc.window_end(window) == window_end(window)
+        for window, span in ((hour_of(ts), 3600), (day_of(ts), 86400)):
+            assert window_start(window) <= ts < window_end(window) == window_start(window) + span
+            assert window_start(window) % span == 0
+    assert (hour_of(7199), hour_of(7200), day_of(86399), day_of(86400)) == ("h1", "h2", "d0", "d1")
 
 
 def test_a_finding_as_json_names_its_kind_grant_and_key(ledger: Ledger) -> None:
