@@ -206,6 +206,22 @@ def summarize(rec: Mapping[str, Any]) -> str:
     return f"{when} {decision:<7} {who}{rec.get('status')} {what}: {rec.get('reason', '')}"
 
 
+#: Days before an abandoned multipart upload's parts are removed, and a quarantined object expires
+#: (template.yaml sets the same for AWS).
+ABANDONED_UPLOAD_DAYS = 1
+QUARANTINE_DAYS = 30
+
+
+def lifecycle_rules(quarantine_prefix: str) -> list[dict[str, Any]]:
+    """The buckets' lifecycle: incomplete multipart uploads aborted, the quarantine expired."""
+    return [
+        {"ID": "abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABANDONED_UPLOAD_DAYS}},
+        {"ID": "expire-quarantine", "Status": "Enabled", "Filter": {"Prefix": quarantine_prefix},
+         "Expiration": {"Days": QUARANTINE_DAYS}},
+    ]
+
+
 def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
     """What the user sees once everything is up."""
     s = plan_.settings
@@ -314,6 +330,7 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
             buckets = sorted(plan_.ruleset.buckets())
             for bucket in buckets:
                 store.ensure_bucket(bucket, upload_cors_rules(plan_.cors_origins()))
+                store.set_lifecycle(bucket, lifecycle_rules(plan_.ruleset.quarantine_prefix))
         except StoreError as exc:
             raise RunError(str(exc)) from None
         settings = replace(plan_.settings, s3_endpoint_url=store.endpoint_url, events_token=events_token)

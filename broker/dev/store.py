@@ -538,6 +538,13 @@ class Store:
         ensure_bucket(self.s3_client(), bucket, cors_rules)
         return bucket
 
+    def set_lifecycle(self, bucket: str, rules: list[dict[str, Any]]) -> None:
+        """Set the bucket's lifecycle rules (SeaweedFS applies them in its maintenance worker)."""
+        try:
+            S3Store(self.s3_client()).set_lifecycle(bucket, rules)
+        except StoreUnavailable as exc:
+            raise StoreError(exc.message) from exc
+
 
 __all__ = [
     "DEFAULT_BASE_PORT",

@@ -312,6 +312,12 @@ class S3Store:
             self._call("put_bucket_cors", "", {"Bucket": bucket, "CORSConfiguration": {"CORSRules": cors_rules}},
                        words=lambda detail: f"cannot set the CORS rules of bucket {bucket!r}: {detail}")
 
+    def set_lifecycle(self, bucket: str, rules: list[dict[str, Any]]) -> None:
+        """Replace ``bucket``'s lifecycle rules (incomplete multipart uploads, the quarantine's expiry)."""
+        self._call("put_bucket_lifecycle_configuration", "",
+                   {"Bucket": bucket, "LifecycleConfiguration": {"Rules": rules}},
+                   words=lambda detail: f"cannot set the lifecycle rules of bucket {bucket!r}: {detail}")
+
     # ------------------------------------------------------------------ the one place errors are mapped
 
     def _call(self, operation: str, what: str, params: Mapping[str, Any], *,

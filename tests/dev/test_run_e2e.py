@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from broker.dev.store import pick_free_ports, port_is_free, s3_client_for
+from broker.ledger.sqlite import SqliteLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = "Press Ctrl-C to stop"
@@ -114,6 +115,11 @@ def test_make_run_serves_refuses_a_second_copy_and_stops_cleanly_on_ctrl_c(runni
     s3 = s3_client_for(grant.json()["url"].rsplit("/", 1)[0], creds["access_key"], creds["secret_key"])
     cors = s3.get_bucket_cors(Bucket="broker-uploads")["CORSRules"][0]
     assert running.url in cors["AllowedOrigins"] and "ETag" in cors["ExposeHeaders"]
+    lifecycle = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket="broker-uploads")["Rules"]}
+    assert lifecycle["abort-incomplete-multipart"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert lifecycle["expire-quarantine"]["Filter"]["Prefix"] == "quarantine/"
+    ledger = SqliteLedger(running.data_dir / "ledger.db")  # make run keeps the grant ledger there
+    assert ledger.get(grant.json()["grant_id"]) is not None
     audit = (running.data_dir / "audit.jsonl").read_text().splitlines()
     assert json.loads(audit[-1])["decision"] == "allowed"
 
