@@ -20,6 +20,7 @@ cycle (``tests/test_layers.py`` checks it)::
       mediatypes.py    content types and the extensions each may carry
       sizes.py         parse_size ('5 MiB' in) and human_size ('5 MiB' out)
       grants.py        grant tokens (HMAC) and the keys each rule can produce
+      sessions.py      session tokens (HMAC): an app backend's short-lived permission for one end user
       multipart.py     a rule's size limit at completion; how many parts a rule can need
       verify.py        is a stored object what its rule allowed: each failed check named
       callbacks.py     completion callbacks: the payload, its HMAC signature, URL checks
@@ -55,6 +56,7 @@ cycle (``tests/test_layers.py`` checks it)::
     protocols/       wire formats, each turning its requests into UploadRequests
       native.py        POST /uploads, GET /health
       common.py        what Fine Uploader and Companion share
+      sessions.py      POST /sessions: session tokens for browsers (Bearer, or /s/<token>/ before any route)
       companion.py     Uppy's Companion protocol (/s3/params, /s3/multipart/*)
       verification.py  the store's object events in (/events/seaweedfs), verdicts and grant status out
                        (/uploads/verdict, /uploads/{grant_id})

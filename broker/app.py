@@ -19,12 +19,13 @@ from broker.audit import AuditLog
 from broker.config.sources import RulesProvider
 from broker.core import rules
 from broker.core.sizes import human_size
-from broker.errors import AuditUnavailable, BrokerError, Unauthenticated
+from broker.core import sessions
+from broker.errors import AuditUnavailable, BrokerError, Denied, InvalidRequest, Unauthenticated
 from broker.fast.ids import new_random_id
 from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded, grant_id_for
 from broker.logs import log_event
 from broker.models import (
-    Check, Client, Credentials, Decision, Grant, Quota, RequestContext, RuleSet, SignedPost, UploadRequest,
+    Check, Client, Credentials, Decision, Grant, Quota, RequestContext, RuleSet, Session, SignedPost, UploadRequest,
 )
 from broker.s3.store import S3Store
 from broker.web import HttpRequest, HttpResponse, Router
@@ -42,6 +43,25 @@ def _random_grant_secret() -> bytes:
     log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
                                           "verify only in this process; set it where several serve the broker")
     return os.urandom(32)
+
+
+def _random_session_secret() -> bytes:
+    log_event("session_secret_random", note="BROKER_SESSION_SECRET is not set: session tokens verify only in "
+                                            "this process; set it where several serve the broker")
+    return os.urandom(32)
+
+
+def split_session_path(path: str) -> tuple[str, str | None]:
+    """``/s/<token>/rest`` -> (``/rest``, token); any other path -> (path, None).
+
+    For clients that cannot set an Authorization header (Uppy's AwsS3 plugin): the token
+    rides in front of any route, and is taken off before routing so no route, audit line or
+    log ever sees it in a path.
+    """
+    if not path.startswith("/s/"):
+        return path, None
+    token, slash, rest = path[3:].partition("/")
+    return slash + rest if slash else "/", token
 
 
 def _limit(scope: str, quota: Quota | None) -> Limit:
@@ -66,24 +86,69 @@ class Call:
     context: RequestContext
     client_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    path_token: str | None = field(default=None, repr=False)  # a session token from /s/<token>/ (never logged)
+    session: Session | None = None  # the verified session, once client() has seen one
 
     def ruleset(self) -> RuleSet:
         """The rules in force (503 if none ever loaded)."""
         return self.broker.rules.current()
 
+    def session_token(self) -> str | None:
+        """The session token the call presents: in the path (``/s/<token>/``) or as ``Authorization: Bearer``.
+
+        A bearer credential that is not a session token (an authorizer's JWT) is not one.
+        """
+        if self.path_token is not None:
+            return self.path_token
+        scheme, _, value = (self.request.header("authorization") or "").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and sessions.looks_like_token(value):
+            return value
+        return None
+
     def client(self, ruleset: RuleSet) -> Client:
-        """The calling client, from its API key or authorizer principals (401 if unknown)."""
+        """The calling client: from its session token, API key or authorizer principals (401 if unknown).
+
+        An API key together with a session token is ambiguous (400); a ``server_only`` client's
+        API key sent from a browser (with an ``Origin`` header) is refused (403).
+        """
         api_key = self.request.header("x-api-key")
+        token = self.session_token()
+        if token is not None:
+            if api_key:
+                raise InvalidRequest("send an API key or a session token, not both: a browser sends the session "
+                                     "token only, the app backend its API key")
+            return self._session_client(ruleset, token)
         creds = Credentials(
             api_key_sha256=rules.api_key_hash(api_key) if api_key else None,
             principals=self.request.principals,
         )
         client = rules.identify(ruleset, creds)
         self.client_id = client.id
+        if api_key and client.server_only and self.request.header("origin"):
+            raise Denied(f"client '{client.id}' uses its API key from servers only, and this call came from a "
+                         "browser (it has an Origin header); have the app backend create a session (POST /sessions) "
+                         "and give the browser its token", check=Check.SERVER_ONLY_KEY.value, client=client.id)
+        return client
+
+    def _session_client(self, ruleset: RuleSet, token: str) -> Client:
+        broker = self.broker
+        try:
+            session = sessions.verify_token(token, broker.session_secrets, now=int(self.now.timestamp()))
+        except sessions.SessionError as exc:
+            raise Unauthenticated(str(exc)) from None
+        client = ruleset.clients.get(session.client)
+        if client is None:
+            raise Unauthenticated(f"the session's client '{session.client}' is no longer in the rules")
+        self.session = session
+        self.client_id = client.id
+        self.context = replace(self.context, session=session.id, user=session.user)
         return client
 
     def user(self) -> str | None:
-        """The end user behind the call, when one is known: the authorizer's ``sub`` (a JWT subject)."""
+        """The end user behind the call, when one is known: the session's user, or the authorizer's ``sub``."""
+        if self.session is not None:
+            return self.session.user
         for principal in self.request.principals:
             if principal.startswith("sub:"):
                 return principal[4:]
@@ -109,6 +174,8 @@ class Broker:
         grant_secret: bytes | None = None,
         events_token: str | None = None,
         ledger: Ledger | None = None,
+        session_secret: bytes | None = None,
+        session_secret_previous: bytes | None = None,
     ) -> None:
         self.rules = rules_provider
         self.store = store  # every S3 call: signing forms and part URLs, multipart, head, delete
@@ -118,6 +185,9 @@ class Broker:
         self.max_body_bytes = max_body_bytes
         # MACs Fine Uploader grant tokens (broker.core.grants); without one, a random one per process
         self.grant_secret = grant_secret or _random_grant_secret()
+        # MACs session tokens (broker.core.sessions): signs with the first, verifies with either
+        self.session_secrets = (session_secret or _random_session_secret(),) + \
+            ((session_secret_previous,) if session_secret_previous else ())
         self.router = Router()  # empty: broker.service adds every protocol's routes
         self.body_limits: dict[str, int] = {}  # paths that take larger bodies than max_body_bytes
         self.events_token = events_token  # BROKER_EVENTS_TOKEN: the store's events may be posted here
@@ -153,7 +223,8 @@ class Broker:
     def issue(self, call: Call, client: Client, ruleset: RuleSet,
               request: UploadRequest) -> tuple[Decision, SignedPost | None]:
         """Evaluate a request, sign it if allowed, and audit the outcome before returning."""
-        decision = rules.evaluate(ruleset, client, request, now=call.now, random_id=self.new_id())
+        decision = rules.evaluate(ruleset, client, request, now=call.now, random_id=self.new_id(),
+                                  user=call.user(), session=call.session)
         decision = self.record(call, client, decision, request)
         signed = None
         if decision.allowed and decision.grant is not None:
@@ -182,6 +253,8 @@ class Broker:
         limits = [_limit(f"client:{client.id}", client.quota)]
         if user is not None and client.quota_per_user is not None:
             limits.append(_limit(f"user:{client.id}:{user}", client.quota_per_user))
+        if call.session is not None and call.session.max_files is not None:  # the session's files, counted
+            limits.append(Limit(f"session:{call.session.id}", uploads_per_hour=call.session.max_files))
         issued = int(call.now.timestamp())
         record = GrantRecord(
             grant_id=grant_id_for(grant.bucket, grant.key), client=client.id, profile=grant.profile,
@@ -193,7 +266,8 @@ class Broker:
         try:
             ledger.reserve(record, limits, now=issued)
         except QuotaExceeded as exc:
-            who = "each user of " + client.id if exc.scope.startswith("user:") else client.id
+            who = "each user of " + client.id if exc.scope.startswith("user:") else \
+                "session " + exc.scope[8:] if exc.scope.startswith("session:") else client.id
             return Decision(False, client.id, grant.profile, check=Check.QUOTA_EXCEEDED,
                             reason=f"quota exceeded: {who} may upload {_quota_words(exc.quota, exc.limit)}; "
                                    f"{_usage_words(exc.quota, exc.usage)} so far; try again in {exc.retry_after} s",
@@ -223,6 +297,9 @@ class Broker:
         now = self.clock()
         request_id = request.request_id or new_random_id()
         user_agent = request.headers.get("user-agent")
+        path, path_token = split_session_path(request.path)
+        if path_token is not None:  # from here on the path is the route's: the token is never seen in it
+            request = replace(request, path=path)
         try:
             if request.method == "OPTIONS":
                 route = None
@@ -232,11 +309,11 @@ class Broker:
                     request = replace(request, path_params=params)
         except BrokerError as exc:  # no such route: audited as the broker's own protocol
             call = Call(self, request, now, RequestContext(request_id, request.source_ip, user_agent,
-                                                           transport=transport))
+                                                           transport=transport), path_token=path_token)
             return self._finish(request, call, self.error_response(call, exc))
         call = Call(self, request, now, RequestContext(
             request_id, request.source_ip, user_agent,
-            "native" if route is None else route.protocol, transport))
+            "native" if route is None else route.protocol, transport), path_token=path_token)
         try:
             response = self._preflight(request) if route is None else route.handler(call)
         except BrokerError as exc:

@@ -15,8 +15,8 @@ from typing import IO, TYPE_CHECKING, Any
 from broker.core.grants import grant_id_for
 from broker.errors import AuditUnavailable, BrokerError
 from broker.fast.jsontext import ascii_line
-from broker.models import Decision, RequestContext, SignedPost, UploadRequest
-from broker.timefmt import iso_z
+from broker.models import Decision, RequestContext, Session, SignedPost, UploadRequest
+from broker.timefmt import from_unix, iso_z
 
 if TYPE_CHECKING:  # the verifier's values; a broker that only signs never loads them
     from broker.core.verify import Verdict
@@ -62,6 +62,8 @@ def record(
         "user_agent": (context.user_agent or "")[:256] or None,
         "client": decision.client if decision else client,
         "profile": decision.profile if decision else None,
+        "session": context.session,  # the session's id: never its token
+        "user": context.user,
     }
     if request is not None:
         rec["content_type"] = request.content_type[:256]
@@ -80,7 +82,20 @@ def record(
                    expected=decision.expected, actual=decision.actual, retry_after=decision.retry_after)
     elif error is not None:
         rec.update(decision="error", status=error.status, error=error.code,
-                   reason=error.message[:500], path=error.details.get("path"))
+                   reason=error.message[:500], path=error.details.get("path"), check=error.details.get("check"))
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def session_record(*, now: datetime, context: RequestContext, client: str, session: Session | None = None,
+                   decision: Decision | None = None, user: str | None = None) -> dict[str, Any]:
+    """The audit record of one ``POST /sessions``: the session issued (never its token), or the denial. Pure."""
+    rec = record(now=now, context=context, decision=decision, client=client, event="session")
+    if session is not None:
+        rec.update(decision="allowed", status=200, session=session.id, user=session.user,
+                   profiles=list(session.profiles), expires_at=iso_z(from_unix(session.expires_at), millis=True),
+                   max_files=session.max_files, max_bytes=session.max_bytes)
+    elif user is not None:
+        rec["user"] = user
     return {k: v for k, v in rec.items() if v is not None}
 
 

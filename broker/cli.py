@@ -160,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # a Fine Uploader grant token issued by one verifies in all of them. Not across servers:
         # set BROKER_GRANT_SECRET for that.
         overrides["BROKER_GRANT_SECRET"] = secrets.token_urlsafe(32)
+    if not os.environ.get("BROKER_SESSION_SECRET"):  # likewise: a session minted by one worker works in all
+        overrides["BROKER_SESSION_SECRET"] = secrets.token_urlsafe(32)
     env = {**os.environ, **overrides}
     try:
         settings = Settings.from_env(env)
@@ -188,6 +190,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_event("grant_secret_random", note="BROKER_GRANT_SECRET is not set: Fine Uploader grant tokens "
                                               "verify only in this server's workers; set it where several "
                                               "servers serve the broker")
+    if "BROKER_SESSION_SECRET" in overrides:
+        log_event("session_secret_random", note="BROKER_SESSION_SECRET is not set: session tokens verify only in "
+                                                "this server's workers; set it where several servers serve the broker")
     log_event("serving", url=f"http://{host}:{port}/", workers=workers, threads=args.threads,
               rules=settings.rules, audit_file=settings.audit_file, store=settings.s3_endpoint_url or "AWS S3")
     os.environ.update(overrides)  # the workers read their settings from the environment

@@ -6,7 +6,8 @@ carries its own machine-readable ``code`` and HTTP ``status``::
     BrokerError
     ├── RequestError (4xx: the client sent something we cannot accept)
     │   ├── InvalidRequest        400 invalid_request     body/headers/event malformed
-    │   ├── Unauthenticated       401 unauthenticated     no or unknown API key / principal
+    │   ├── Unauthenticated       401 unauthenticated     no or unknown API key / principal / session token
+    │   ├── Denied                403 denied              a credential used where it may not be (``check``)
     │   ├── NotFound              404 not_found           unknown route
     │   │   └── UploadNotFound                            no such multipart upload in the store
     │   ├── MethodNotAllowed      405 method_not_allowed
@@ -62,6 +63,16 @@ class Unauthenticated(RequestError):
 
     code = "unauthenticated"
     status = 401
+
+
+class Denied(RequestError):
+    """A credential the broker knows, used where it may not be; ``check`` names the rule broken.
+
+    (A request the *rules* deny is a :class:`broker.models.Decision`, not this.)
+    """
+
+    code = "denied"
+    status = 403
 
 
 class NotFound(RequestError):

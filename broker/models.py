@@ -26,6 +26,10 @@ class Check(str, Enum):
     KEY_NOT_GRANTED = "key_not_granted"
     CONDITION_NOT_ALLOWED = "condition_not_allowed"
     QUOTA_EXCEEDED = "quota_exceeded"
+    USER_REQUIRED = "user_required"  # the rule's key template has {user}, and no end user is known
+    SESSION_PROFILE_NOT_ALLOWED = "session_profile_not_allowed"
+    SESSION_NOT_ALLOWED = "session_not_allowed"  # a session token may not mint sessions
+    SERVER_ONLY_KEY = "server_only_key"  # a server-only API key sent from a browser (an Origin header)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Client:
     quota_per_user: Quota | None = None  # each end user's, when the user is known
     callback_url: str | None = None  # where verdicts are POSTed, signed with the secret in callback_secret_env
     callback_secret_env: str | None = None
+    server_only: bool = False  # its API keys are refused from browsers (requests with an Origin header)
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,24 @@ class RuleSet:
     source: str = "<memory>"
     digest: str = ""
     quarantine_prefix: str = "quarantine/"  # where the verifier moves rejected objects, in their bucket
+    session_max_ttl: int = 3600  # the longest session POST /sessions issues, in seconds
 
     def buckets(self) -> set[str]:
         """Every bucket any rule can write to."""
         return {r.bucket for c in self.clients.values() for r in c.rules.values()}
+
+
+@dataclass(frozen=True)
+class Session:
+    """A short-lived upload session an app backend minted for one end user (carried in a signed token)."""
+
+    id: str  # 32 hex digits, server-random: what audit lines name (never the token)
+    client: str
+    expires_at: int  # Unix seconds
+    user: str | None = None
+    profiles: tuple[str, ...] = ()
+    max_files: int | None = None  # counted by the ledger (scope session:<id>)
+    max_bytes: int | None = None  # the largest file the session may upload
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,8 @@ class RequestContext:
     user_agent: str | None = None
     protocol: str = "native"
     transport: str = "http"
+    session: str | None = None  # the session id, when the call presented a session token
+    user: str | None = None  # that session's end user
 
 
 @dataclass(frozen=True)

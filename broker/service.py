@@ -62,7 +62,10 @@ def build(settings: Settings, *, s3_client: Any = None, audit_stream: Any = sys.
     return assemble(provider, store, AuditLog(stream=audit_stream, path=settings.audit_file),
                     clock=clock, max_body_bytes=settings.max_body_bytes,
                     grant_secret=settings.grant_secret.encode() if settings.grant_secret else None,
-                    events_token=settings.events_token, ledger=ledger)
+                    events_token=settings.events_token, ledger=ledger,
+                    session_secret=settings.session_secret.encode() if settings.session_secret else None,
+                    session_secret_previous=settings.session_secret_previous.encode()
+                    if settings.session_secret_previous else None)
 
 
 def ledger_from(settings: Settings, region: str | None = None) -> Ledger | None:

@@ -240,7 +240,8 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
         client = Client(cid, rules, tuple(cdoc.get("api_key_sha256", ())), tuple(cdoc.get("principals", ())),
                         cdoc.get("default_profile"), cpath, quota=_quota(cdoc.get("quota")),
                         quota_per_user=_quota(cdoc.get("quota_per_user")),
-                        callback_url=callback.get("url"), callback_secret_env=callback.get("secret_env"))
+                        callback_url=callback.get("url"), callback_secret_env=callback.get("secret_env"),
+                        server_only=bool(cdoc.get("server_only", False)))
         for j, digest in enumerate(client.api_key_sha256):
             api_keys.setdefault(digest, (cid, f"{cpath}.api_key_sha256[{j}]"))
         for j, principal in enumerate(client.principals):
@@ -256,7 +257,7 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
     by_key = {digest_: owner for digest_, (owner, _) in api_keys.items()}
     by_principal = {principal: owner for principal, (owner, _) in principals.items()}
     ruleset = RuleSet(1, bucket, region, max_expires, tuple(cors), clients, by_key, by_principal,
-                      source, digest, quarantine)
+                      source, digest, quarantine, session_max_ttl=whole(doc.get("session_max_ttl", 3600)))
     return ruleset, problems
 
 

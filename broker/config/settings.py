@@ -25,6 +25,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     grant_secret: str | None = field(default=None, repr=False)  # BROKER_GRANT_SECRET
+    session_secret: str | None = field(default=None, repr=False)  # BROKER_SESSION_SECRET: signs session tokens
+    session_secret_previous: str | None = field(default=None, repr=False)  # ..._PREVIOUS: still verifies them
     events_token: str | None = field(default=None, repr=False)  # BROKER_EVENTS_TOKEN
     ledger: str = "off"  # BROKER_LEDGER: sqlite:///var/ledger.db, dynamodb://table-name, or off
     dynamodb_endpoint_url: str | None = None  # AWS_ENDPOINT_URL_DYNAMODB: a local DynamoDB-API server
@@ -39,6 +41,9 @@ class Settings:
             raise ConfigError(
                 f"BROKER_S3_ADDRESSING_STYLE={style!r} is not one of: auto, path, virtual"
             )
+        if env.get("BROKER_SESSION_SECRET_PREVIOUS") and not env.get("BROKER_SESSION_SECRET"):
+            raise ConfigError("BROKER_SESSION_SECRET_PREVIOUS is set without BROKER_SESSION_SECRET: when rotating, "
+                              "set the new secret in BROKER_SESSION_SECRET and keep the old one in _PREVIOUS")
         rules = env.get("BROKER_RULES") or DEFAULT_RULES
         default_reload = 60.0 if rules.startswith("s3://") else 2.0
         return cls(
@@ -52,6 +57,8 @@ class Settings:
             host=env.get("BROKER_HOST", "127.0.0.1"),
             port=_number(env, "BROKER_PORT", 8000, int),
             grant_secret=_secret(env, "BROKER_GRANT_SECRET"),
+            session_secret=_secret(env, "BROKER_SESSION_SECRET"),
+            session_secret_previous=_secret(env, "BROKER_SESSION_SECRET_PREVIOUS"),
             events_token=_secret(env, "BROKER_EVENTS_TOKEN"),
             ledger=_ledger(env.get("BROKER_LEDGER") or "off"),
             dynamodb_endpoint_url=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
@@ -69,8 +76,9 @@ def _ledger(url: str) -> str:
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:
-    """A secret setting: BROKER_GRANT_SECRET (shared by every instance, so each verifies the others'
-    grant tokens) or BROKER_EVENTS_TOKEN (the bearer token the store's event webhook sends)."""
+    """A secret setting: BROKER_GRANT_SECRET or BROKER_SESSION_SECRET[_PREVIOUS] (shared by every
+    instance, so each verifies the others' grant and session tokens) or BROKER_EVENTS_TOKEN (the
+    bearer token the store's event webhook sends)."""
     value = env.get(name) or None
     if value is not None and len(value.encode()) < 32:
         raise ConfigError(f"{name} must be at least 32 bytes; make one with: "

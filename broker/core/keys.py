@@ -7,6 +7,7 @@ grants never share a key and no client can choose or overwrite one.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 import re
 import string
@@ -26,27 +27,31 @@ class Placeholder:
 
     longest: int  # characters it can add to a key
     pattern: str | None = None  # a regex for every value it renders (None: the rule's client or profile)
-    render: Callable[[str, datetime, str], str] | None = None  # (random_id, now, filename); None: fixed per rule
+    render: Callable[..., str] | None = None  # (random_id, now, filename, user=''); None: fixed per rule
 
 
 #: Every placeholder a key template may use; an unknown one is refused when rules load.
 PLACEHOLDERS: dict[str, Placeholder] = {
     "client": Placeholder(64),
     "profile": Placeholder(64),
-    "uuid": Placeholder(32, r"[0-9a-f]{32}", lambda random_id, now, filename: random_id),
+    "uuid": Placeholder(32, r"[0-9a-f]{32}", lambda random_id, now, filename, user="": random_id),
     "date": Placeholder(10, r"[0-9]{4}-[0-9]{2}-[0-9]{2}",  # %-formatting: strftime is 10x the cost
-                        lambda random_id, now, filename: "%04d-%02d-%02d" % (now.year, now.month, now.day)),
-    "year": Placeholder(4, r"[0-9]{4}", lambda random_id, now, filename: "%04d" % now.year),
-    "month": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename: "%02d" % now.month),
-    "day": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename: "%02d" % now.day),
-    "ext": Placeholder(11, r"(?:\.[a-z0-9]{1,10})?", lambda random_id, now, filename: extension(filename)),
+                        lambda random_id, now, filename, user="": "%04d-%02d-%02d" % (now.year, now.month, now.day)),
+    "year": Placeholder(4, r"[0-9]{4}", lambda random_id, now, filename, user="": "%04d" % now.year),
+    "month": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename, user="": "%02d" % now.month),
+    "day": Placeholder(2, r"[0-9]{2}", lambda random_id, now, filename, user="": "%02d" % now.day),
+    "ext": Placeholder(11, r"(?:\.[a-z0-9]{1,10})?",
+                       lambda random_id, now, filename, user="": extension(filename)),
     "filename": Placeholder(128, r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
-                            lambda random_id, now, filename: slugify(filename)),
+                            lambda random_id, now, filename, user="": slugify(filename)),
+    # The end user (a session's user, or the authorizer's sub): a rule using it denies calls without one.
+    "user": Placeholder(128, r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
+                        lambda random_id, now, filename, user="": user_slug(user)),
 }
 #: Placeholders that vary per request; everything before the first one is a fixed prefix.
 PER_REQUEST = frozenset(name for name, p in PLACEHOLDERS.items() if p.render is not None)
 
-Renderer = Callable[[str, datetime, str], str]
+Renderer = Callable[..., str]
 MAX_KEY_BYTES = 1024
 MAX_FILENAME_CHARS = 128
 # Characters S3 documents as safe in keys; template literals must stay within them.
@@ -58,6 +63,7 @@ _EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
 _RANDOM_ID = re.compile(r"[0-9a-f]{32}")
 # A name slugify leaves as it is: safe characters, no '..' or '--', no '.' or '-' at either end.
 _ALREADY_SLUG = re.compile(r"(?!.*(?:\.\.|--))[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?\Z")
+_USER_PLAIN = re.compile(r"[A-Za-z0-9-]")
 _SLASHES = {"/", "\\", "\u2044", "\u2215", "\u29f8", "\uff0f", "\uff3c", "\u2216", "\ufe68"}
 
 
@@ -222,6 +228,26 @@ def _slug_steps(filename: str) -> str:
     return slug or "file"
 
 
+def user_slug(user: str) -> str:
+    """An end user as one key segment: ``[A-Za-z0-9._-]``, never empty, '.' or '..', one user per slug.
+
+    Letters, digits and '-' stay; a '.' stays unless it would lead or follow another '.'; every
+    other character (the '_' escape itself included) becomes ``_xx`` per UTF-8 byte, so two
+    users never share a segment (``a@b`` is ``a_40b``, ``a-b`` stays ``a-b``). A slug longer than
+    128 characters becomes ``_z`` and the user's SHA-256 (no escape begins ``_z``).
+    """
+    out = []
+    for i, char in enumerate(user):
+        if _USER_PLAIN.match(char) or (char == "." and i > 0 and user[i - 1] != "."):
+            out.append(char)
+        else:
+            out.append("".join("_%02x" % b for b in char.encode("utf-8", "surrogatepass")))
+    slug = "".join(out)
+    if len(slug) > MAX_FILENAME_CHARS:
+        slug = "_z" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+    return slug or "_"
+
+
 def extension(filename: str) -> str:
     """The lower-case extension with its dot (``.png``), or ``''`` if there is no safe one."""
     _, dot, ext = filename.rpartition(".")
@@ -237,15 +263,20 @@ def render_key(
     random_id: str,
     now: datetime,
     filename: str,
+    user: str | None = None,
 ) -> str:
-    """Render a validated template for one grant; ``random_id`` is 32 hex digits."""
+    """Render a validated template for one grant; ``random_id`` is 32 hex digits.
+
+    ``user``: the end user for ``{user}`` (the rules engine denies before rendering a template
+    that needs one when none is known).
+    """
     if len(random_id) != 32 or not _RANDOM_ID.fullmatch(random_id):
         raise ValueError("random_id must be 32 lower-case hex digits (a uuid4().hex)")
     pieces, tail = _key_plan(template, client, profile)
     out = []
     for literal, render in pieces:
         out.append(literal)
-        out.append(render(random_id, now, filename))
+        out.append(render(random_id, now, filename, user or ""))
     out.append(tail)
     return "".join(out)
 

@@ -17,7 +17,7 @@ from broker.core import keys
 from broker.core.sizes import human_size
 from broker.errors import InvalidRequest, Unauthenticated
 from broker.core.mediatypes import extension_agrees, parse_content_type, type_matches
-from broker.models import Check, Client, Credentials, Decision, Grant, Rule, RuleSet, UploadRequest
+from broker.models import Check, Client, Credentials, Decision, Grant, Rule, RuleSet, Session, UploadRequest
 
 MAX_METADATA_BYTES = 2048  # S3's limit for all user metadata of one object
 #: The metadata name a declared SHA-256 is kept under (base64), beside the store's own checksum.
@@ -120,6 +120,22 @@ def _metadata(rule: Rule, req: UploadRequest, essence: str, ext: str) -> _Failur
 CHECKS: tuple[_CheckFn, ...] = (_content_type, _extension, _size, _metadata)
 
 
+def _session_failure(rule: Rule, req: UploadRequest, session: Session | None) -> _Failure | None:
+    """What a session forbids that the rule alone would allow: another profile, a larger file."""
+    if session is None:
+        return None
+    if rule.name not in session.profiles:
+        return (Check.SESSION_PROFILE_NOT_ALLOWED,
+                f"session {session.id} may upload only to {', '.join(session.profiles)}, not {rule.name}",
+                list(session.profiles), rule.name)
+    limit = session.max_bytes
+    if limit is not None and (limit < rule.min_bytes or (req.size is not None and req.size > limit)):
+        return (Check.TOO_LARGE,
+                f"too large: {human_size(req.size or rule.min_bytes)}, session {session.id} allows "
+                f"{human_size(limit)} a file", limit, req.size)
+    return None
+
+
 def evaluate(
     ruleset: RuleSet,
     client: Client,
@@ -127,11 +143,15 @@ def evaluate(
     *,
     now: datetime,
     random_id: str,
+    user: str | None = None,
+    session: Session | None = None,
 ) -> Decision:
     """Decide one upload request; ``random_id`` (32 hex digits) becomes the key's ``{uuid}``.
 
-    Raises ``InvalidRequest`` for a malformed filename or content type (400); every other
-    outcome, allowed or denied, is a ``Decision``.
+    ``user``: the end user, when known (a session's, or the authorizer's ``sub``), for ``{user}``
+    in keys. ``session``: the session the call presented; its profiles and ``max_bytes`` narrow
+    what the rule allows. Raises ``InvalidRequest`` for a malformed filename or content type
+    (400); every other outcome, allowed or denied, is a ``Decision``.
     """
     filename = keys.check_filename(request.filename)
     essence, canonical = parse_content_type(request.content_type)
@@ -140,17 +160,26 @@ def evaluate(
         return selected
     rule = selected
     ext = keys.extension(filename)
-    for check in CHECKS:
-        failure = check(rule, request, essence, ext)
-        if failure is not None:
-            kind, reason, expected, actual = failure
-            return Decision(False, client.id, rule.name, check=kind, reason=reason,
-                            expected=expected, actual=actual)
+    failure = _session_failure(rule, request, session)
+    if failure is None:
+        for check in CHECKS:
+            failure = check(rule, request, essence, ext)
+            if failure is not None:
+                break
+    if failure is None and not user and "{user}" in rule.key_template:
+        failure = (Check.USER_REQUIRED, f"{rule.name} keeps each end user's files apart ({{user}} in its key); "
+                   "call with a session for the user, or through an authorizer that names one", "user", None)
+    if failure is not None:
+        kind, reason, expected, actual = failure
+        return Decision(False, client.id, rule.name, check=kind, reason=reason,
+                        expected=expected, actual=actual)
     key = keys.render_key(rule.key_template, client=client.id, profile=rule.name,
-                          random_id=random_id, now=now, filename=filename)
+                          random_id=random_id, now=now, filename=filename, user=user)
+    max_bytes = rule.max_bytes if session is None or session.max_bytes is None else \
+        min(rule.max_bytes, session.max_bytes)  # the signed content-length-range holds the upload to it
     grant = Grant(
         client=client.id, profile=rule.name, bucket=rule.bucket, key=key,
-        content_type=canonical, min_bytes=rule.min_bytes, max_bytes=rule.max_bytes,
+        content_type=canonical, min_bytes=rule.min_bytes, max_bytes=max_bytes,
         expires_in=min(rule.expires_in, ruleset.max_expires_in),
         fields=object_fields(rule, canonical, filename, request.metadata, checksum_base64(request.sha256)),
     )

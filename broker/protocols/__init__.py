@@ -3,10 +3,11 @@
 - ``native``: ``POST /uploads`` (the broker's own JSON API, see ``schemas/openapi.yaml``)
 - ``fineuploader``: Fine Uploader S3's v4 signature and upload-success endpoints (``/fineuploader/*``)
 - ``companion``: Uppy AwsS3's Companion protocol (``/s3/params``, ``/s3/multipart/*``)
+- ``sessions``: ``POST /sessions``, session tokens an app backend mints for its users' browsers
 - ``verification``: SeaweedFS's object events in, verdicts and grant status out (``/events/seaweedfs``,
   ``/uploads/verdict``, ``/uploads/{grant_id}``)
 
-``native`` registers its routes itself. The other two are listed in :data:`ROUTES` and their
+``native`` registers its routes itself. The others are listed in :data:`ROUTES` and their
 modules (with the SigV4 and policy checkers behind them, ~30 ms of imports) are loaded on
 the first request to one of their routes: a Lambda serving ``POST /uploads`` never pays for
 them at cold start. Each such module has ``handlers(broker)`` returning a handler per route.
@@ -37,6 +38,9 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
         ("GET", "/s3/multipart/{uploadId}"),
         ("POST", "/s3/multipart/{uploadId}/complete"),
         ("DELETE", "/s3/multipart/{uploadId}"),
+    ),
+    "sessions": (
+        ("POST", "/sessions"),
     ),
     "verification": (
         ("POST", "/events/seaweedfs"),

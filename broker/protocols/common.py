@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def decide(call: "Call", client: Client, ruleset: RuleSet, request: UploadRequest) -> Decision:
     """The rules engine's decision for one request, with a fresh server-random key."""
-    return rules.evaluate(ruleset, client, request, now=call.now, random_id=call.broker.new_id())
+    return rules.evaluate(ruleset, client, request, now=call.now, random_id=call.broker.new_id(),
+                          user=call.user(), session=call.session)
 
 
 def deny(client: str, profile: str | None, check: Check, reason: str, *,

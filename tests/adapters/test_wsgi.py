@@ -135,6 +135,7 @@ def test_two_workers_answer_and_audit_one_complete_line_per_request(two_workers:
     events = Counter(entry["event"] for entry in log)
     assert events["rules_loaded"] == 3  # checked once by broker serve, then once by each worker
     assert events["grant_secret_random"] == 1  # one secret, made by broker serve, shared by its workers
+    assert events["session_secret_random"] == 1  # the same for session tokens
     serving = next(entry for entry in log if entry["event"] == "serving")
     assert serving["workers"] == 2
 
@@ -282,3 +283,23 @@ def test_a_query_flood_is_a_400_with_a_request_id_and_an_audit_line(broker: Any,
     request_id = dict(headers)["X-Request-Id"]
     (rec,) = [json.loads(line) for line in audit_stream.getvalue().splitlines()]
     assert rec["request_id"] == request_id and rec["status"] == 400 and rec["path"] == "$.query"
+
+
+def test_a_session_minted_by_one_worker_works_in_every_other(two_workers: Served) -> None:
+    """broker serve shares one session secret among its workers (without BROKER_SESSION_SECRET)."""
+    conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=30)
+    conn.request("POST", "/sessions", body=b'{"user": "alice"}',
+                 headers={"content-type": "application/json", "x-api-key": WEB_KEY})
+    minted = conn.getresponse()
+    token = json.loads(minted.read())["token"]
+    conn.close()
+    assert minted.status == 200
+    statuses = []
+    for _ in range(12):  # a new connection each time: the requests spread over both workers
+        conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=30)
+        conn.request("POST", "/uploads", body=UPLOAD,
+                     headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+        statuses.append(conn.getresponse().status)
+        conn.close()
+    assert statuses == [200] * 12
+    assert token not in (two_workers.work / "audit.jsonl").read_text()
