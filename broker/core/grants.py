@@ -34,6 +34,7 @@ from broker.models import Client, Rule
 TOKEN_HEADER = "x-upload-grant"
 #: Longest token accepted (a 1024-character filename and key still fit).
 MAX_TOKEN_CHARS = 8192
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 MIN_SECRET_BYTES = 32
 _DOMAIN = b"upload-broker/grant/v1\n"  # MACs for other purposes can never be confused with these
 
@@ -71,14 +72,18 @@ def check_secret(secret: bytes) -> bytes:
     return secret
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
+    """Unpadded base64url: how grant and session tokens write bytes."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
-    """Decode unpadded base64url, accepting only the one encoding ``_b64`` writes (no other spelling)."""
+def from_b64url(text: str) -> bytes:
+    """Decode unpadded base64url, accepting only the one spelling :func:`b64url` writes (so one token
+    has one text); ValueError otherwise."""
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not base64url")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64(data) != text:
+    if b64url(data) != text:
         raise ValueError("not canonical base64url")
     return data
 
@@ -89,9 +94,9 @@ def _mac(secret: bytes, body: str) -> bytes:
 
 def issue_token(grant: GrantToken, secret: bytes) -> str:
     """``<payload>.<mac>``, both base64url: readable by anyone, forgeable by no one without the secret."""
-    body = _b64(json.dumps(grant._payload(), separators=(",", ":"), sort_keys=True,
+    body = b64url(json.dumps(grant._payload(), separators=(",", ":"), sort_keys=True,
                            ensure_ascii=False).encode("utf-8"))
-    return f"{body}.{_b64(_mac(check_secret(secret), body))}"
+    return f"{body}.{b64url(_mac(check_secret(secret), body))}"
 
 
 def verify_token(token: str | None, secret: bytes, *, now: datetime) -> GrantToken:
@@ -102,18 +107,18 @@ def verify_token(token: str | None, secret: bytes, *, now: datetime) -> GrantTok
         raise TokenError("the grant token is malformed")
     body, mac = token.split(".")
     try:
-        given = _unb64(mac)
+        given = from_b64url(mac)
     except (binascii.Error, ValueError):
         raise TokenError("the grant token is malformed") from None
     if not body.isascii() or not hmac.compare_digest(given, _mac(secret, body)):
         raise TokenError("the grant token was not issued by this broker (or was altered)")
     try:
-        data = json.loads(_unb64(body))
+        data = json.loads(from_b64url(body))
         grant = GrantToken(
-            client=_str(data["c"]), profile=_str(data["p"]), bucket=_str(data["b"]),
-            key=_str(data["k"]), filename=_str(data["n"]), content_type=_str(data["t"]),
-            size=None if data["s"] is None else _int(data["s"]), expires_at=_int(data["x"]),
-            metadata={_str(k): _str(v) for k, v in dict(data["m"]).items()},
+            client=json_str(data["c"]), profile=json_str(data["p"]), bucket=json_str(data["b"]),
+            key=json_str(data["k"]), filename=json_str(data["n"]), content_type=json_str(data["t"]),
+            size=None if data["s"] is None else json_int(data["s"]), expires_at=json_int(data["x"]),
+            metadata={json_str(k): json_str(v) for k, v in dict(data["m"]).items()},
         )
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise TokenError("the grant token is malformed") from None
@@ -125,13 +130,15 @@ def verify_token(token: str | None, secret: bytes, *, now: datetime) -> GrantTok
     return grant
 
 
-def _str(value: Any) -> str:
+def json_str(value: Any) -> str:
+    """``value`` from a decoded token, if it is a string; TypeError otherwise."""
     if not isinstance(value, str):
         raise TypeError("not a string")
     return value
 
 
-def _int(value: Any) -> int:
+def json_int(value: Any) -> int:
+    """``value`` from a decoded token, if it is an integer (not a bool); TypeError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("not an integer")
     return value

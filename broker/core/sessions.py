@@ -14,7 +14,6 @@ Time and the random id are passed in.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -22,7 +21,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from broker.core.grants import check_secret
+from broker.core.grants import b64url, check_secret, from_b64url, json_int, json_str
 from broker.models import Session
 from broker.timefmt import from_unix, iso_z
 
@@ -35,25 +34,10 @@ MAX_TTL = 86400
 USER_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 _ID = re.compile(r"[0-9a-f]{32}")
 _DOMAIN = b"upload-broker/session/v1\n"  # never confused with a grant token's MAC
-_B64 = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class SessionError(ValueError):
     """A session token is malformed, forged, or expired; the message says which (never the token)."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    """Decode unpadded base64url, accepting only the one spelling ``_b64`` writes."""
-    if not _B64.fullmatch(text):
-        raise ValueError("not base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64(data) != text:
-        raise ValueError("not canonical base64url")
-    return data
 
 
 def _mac(secret: bytes, signed: str) -> bytes:
@@ -71,9 +55,9 @@ def make_token(session: Session, secret: bytes) -> str:
     problem = session_problem(session)
     if problem is not None:
         raise ValueError(problem)
-    body = _b64(json.dumps(payload(session), separators=(",", ":"), sort_keys=True).encode("ascii"))
+    body = b64url(json.dumps(payload(session), separators=(",", ":"), sort_keys=True).encode("ascii"))
     signed = PREFIX + body
-    return f"{signed}.{_b64(_mac(check_secret(secret), signed))}"
+    return f"{signed}.{b64url(_mac(check_secret(secret), signed))}"
 
 
 def looks_like_token(text: str) -> bool:
@@ -91,8 +75,8 @@ def verify_token(token: str, secrets: Sequence[bytes], *, now: int) -> Session:
         raise SessionError("the session token is malformed")
     signed, _, mac = token.rpartition(".")
     try:
-        given = _unb64(mac)
-        raw = _unb64(signed[len(PREFIX):])
+        given = from_b64url(mac)
+        raw = from_b64url(signed[len(PREFIX):])
     except (binascii.Error, ValueError):
         raise SessionError("the session token is malformed") from None
     if not any(hmac.compare_digest(given, _mac(secret, signed)) for secret in secrets):
@@ -116,11 +100,11 @@ def _session(data: Any) -> Session:
     profiles = data["p"]
     if not isinstance(profiles, list):
         raise TypeError("profiles")
-    return Session(id=_str(data["i"]), client=_str(data["c"]), expires_at=_int(data["e"]),
-                   user=None if data["u"] is None else _str(data["u"]),
-                   profiles=tuple(_str(p) for p in profiles),
-                   max_files=None if data["n"] is None else _int(data["n"]),
-                   max_bytes=None if data["b"] is None else _int(data["b"]))
+    return Session(id=json_str(data["i"]), client=json_str(data["c"]), expires_at=json_int(data["e"]),
+                   user=None if data["u"] is None else json_str(data["u"]),
+                   profiles=tuple(json_str(p) for p in profiles),
+                   max_files=None if data["n"] is None else json_int(data["n"]),
+                   max_bytes=None if data["b"] is None else json_int(data["b"]))
 
 
 def session_problem(session: Session) -> str | None:
@@ -139,15 +123,3 @@ def session_problem(session: Session) -> str | None:
     if session.expires_at < 0:
         return "expires_at must not be negative"
     return None
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("not a string")
-    return value
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("not an integer")
-    return value
