@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from broker.config import DEFAULT_RULES, Settings, load_rules_file
 from broker.core.rules import api_key_hash
-from broker.errors import ConfigError, RulesError
+from broker.errors import BrokerError, ConfigError, RulesError
 from broker.logs import log_event
 from broker.models import RuleSet
 
@@ -311,6 +311,17 @@ class Sweeper:
         self._thread.join(timeout=10)
 
 
+def open_ledger(plan_: RunPlan) -> Any:
+    """The grant ledger BROKER_LEDGER names (make run's default: a SQLite file in the data dir);
+    RunError says what to do when it cannot be used."""
+    from broker.service import ledger_from
+
+    try:
+        return ledger_from(plan_.settings)
+    except BrokerError as exc:
+        raise RunError(f"{exc.message}\n(or run with BROKER_LEDGER=off to keep no ledger)") from None
+
+
 def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
     """Start the store, buckets and broker; serve until a signal; stop what was started."""
     from broker.adapters.wsgi import ServerThread, WsgiApp
@@ -320,6 +331,9 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
     with ExitStack() as stack:
         stack.enter_context(single_instance(plan_.data_dir))
         check_broker_port(plan_.settings)
+        ledger = open_ledger(plan_)  # before the store: a ledger it cannot use stops make run at once
+        if ledger is not None:
+            stack.callback(ledger.close)
         try:
             config = StoreConfig.from_env(plan_.data_dir / "store")
             events_token = secrets.token_urlsafe(32)
@@ -334,7 +348,10 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
         except StoreError as exc:
             raise RunError(str(exc)) from None
         settings = replace(plan_.settings, s3_endpoint_url=store.endpoint_url, events_token=events_token)
-        broker = build(settings, s3_client=store.s3_client(), audit_stream=ConsoleAudit(out))
+        try:
+            broker = build(settings, s3_client=store.s3_client(), audit_stream=ConsoleAudit(out), ledger=ledger)
+        except BrokerError as exc:
+            raise RunError(exc.message) from None
         try:
             server = ServerThread(WsgiApp(broker), settings.host, settings.port)
         except OSError as exc:

@@ -87,8 +87,9 @@ class SqliteLedger(Ledger):
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'grants'").fetchone()[0]
             if tables and version != SCHEMA_VERSION:
                 raise LedgerUnavailable(
-                    f"the ledger {self.path} has layout {version}, not {SCHEMA_VERSION}, which this broker "
-                    "writes; move the file aside (broker usage --ledger can still read a copy) and start a new one")
+                    f"the ledger {self.path} was written by an earlier version of the broker (layout {version}, "
+                    f"not {SCHEMA_VERSION}); move the file aside (mv {self.path} {self.path}.old) and a new one "
+                    "is started")
             conn.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerUnavailable(f"the ledger {self.path} cannot be opened: {exc}; check that its "

@@ -134,3 +134,17 @@ def test_curl_example_uses_the_demo_key_and_the_pages_port(tmp_path: Path) -> No
 ])
 def test_console_summary_of_an_audit_record(record: dict[str, object], line: str) -> None:
     assert summarize(record) == line
+
+
+def test_a_ledger_of_an_earlier_layout_stops_make_run_with_what_to_do(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "ledger.db")
+    old.execute("CREATE TABLE grants (grant_id TEXT PRIMARY KEY)")  # a file of layout 0
+    old.commit()
+    old.close()
+    p = plan({"BROKER_DATA_DIR": str(tmp_path), "BROKER_PORT": "18765"})
+    with pytest.raises(RunError) as caught:
+        devrun.run(p)  # refused before anything starts: no store, no server
+    message = str(caught.value)
+    assert "earlier version" in message and f"mv {tmp_path / 'ledger.db'}" in message and "BROKER_LEDGER=off" in message
