@@ -159,11 +159,28 @@ def import_lambda_handler(audit: io.TextIOBase) -> Any:
     return lambda_handler
 
 
-def warm(lh: Any, rounds: int) -> list[Row]:
-    """The whole broker request against a bare boto3 generate_presigned_post, same policy."""
+def bare_signer(grant: Any, answer: dict[str, Any]) -> Callable[[], Any]:
+    """A bare boto3 ``generate_presigned_post`` of ``grant``'s form (the baseline); SystemExit unless it
+    signs the same fields as the broker's ``answer`` (a Lambda response) holds."""
     import boto3
     from botocore.config import Config
 
+    s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
+    fields, conditions = dict(grant.fields), grant.conditions()
+
+    def naive() -> Any:
+        return s3.generate_presigned_post(Bucket=grant.bucket, Key=grant.key, Fields=fields,
+                                          Conditions=conditions, ExpiresIn=grant.expires_in)
+
+    naive_fields = naive()["fields"]
+    broker_fields = json.loads(answer["body"])["fields"]
+    if sorted(naive_fields) != sorted(broker_fields):
+        raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
+    return naive
+
+
+def warm(lh: Any, rounds: int) -> list[Row]:
+    """The whole broker request against a bare boto3 generate_presigned_post, same policy."""
     from broker.core import rules
     from broker.models import UploadRequest
 
@@ -177,17 +194,7 @@ def warm(lh: Any, rounds: int) -> list[Row]:
     now = broker.clock()
     grant = rules.evaluate(ruleset, client, UploadRequest(BODY["filename"], BODY["content_type"], BODY["size"]),
                            now=now, random_id=broker.new_id()).grant
-    s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
-    fields, conditions = dict(grant.fields), grant.conditions()
-
-    def naive() -> Any:
-        return s3.generate_presigned_post(Bucket=grant.bucket, Key=grant.key, Fields=fields,
-                                          Conditions=conditions, ExpiresIn=grant.expires_in)
-
-    naive_fields = naive()["fields"]
-    broker_fields = json.loads(first["body"])["fields"]
-    if sorted(naive_fields) != sorted(broker_fields):
-        raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
+    naive = bare_signer(grant, first)
     n = 400
     for fn in (lambda: lh.handler(ev), naive, lambda: broker.store.sign_post(grant, now=now)):
         per_call(fn, 50)  # warm caches
@@ -701,9 +708,7 @@ def ledger(tmp: Path, audit: io.TextIOBase, lh: Any, rounds: int) -> list[Row]:
     """The warm request with the SQLite ledger and a client quota against a bare generate_presigned_post."""
     import sqlite3
 
-    import boto3
     import yaml
-    from botocore.config import Config
 
     from broker import config, service
     from broker.adapters import apigw
@@ -749,17 +754,7 @@ def ledger(tmp: Path, audit: io.TextIOBase, lh: Any, rounds: int) -> list[Row]:
     assert decided is not None
     # The form the broker signs with a ledger: the declared size becomes the exact size range.
     grant = dataclasses.replace(decided, min_bytes=BODY["size"], max_bytes=BODY["size"])
-    s3 = boto3.client("s3", region_name="us-east-1", config=Config(signature_version="s3v4"))
-    fields, conditions = dict(grant.fields), grant.conditions()
-
-    def naive() -> Any:
-        return s3.generate_presigned_post(Bucket=grant.bucket, Key=grant.key, Fields=fields,
-                                          Conditions=conditions, ExpiresIn=grant.expires_in)
-
-    naive_fields = naive()["fields"]
-    broker_fields = json.loads(first["body"])["fields"]
-    if sorted(naive_fields) != sorted(broker_fields):
-        raise SystemExit(f"bench: not the same form: {sorted(naive_fields)} vs {sorted(broker_fields)}")
+    naive = bare_signer(grant, first)
 
     # The ledger alone: reserve fresh grants (a key is never granted twice) in the client's scope.
     issued = int(now.timestamp())

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.adapters.test_wsgi import Served, start
+from tests.adapters.test_wsgi import Served, serving
 from tests.conftest import ROOT, WEB_KEY
 
 UPLOAD = b'{"filename": "me.png", "content_type": "image/png", "size": 1200}'
@@ -129,14 +129,9 @@ def granian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     work = tmp_path_factory.mktemp("hostile-serve")
     env = dict(os.environ)
     env.pop("BROKER_LEDGER", None)
-    served = start(work, "--workers", "2", "--rules", str(ROOT / "rules.yaml"),
-                   "--audit-file", str(work / "audit.jsonl"), env=env)
-    try:
+    with serving(work, "--workers", "2", "--rules", str(ROOT / "rules.yaml"),
+                 "--audit-file", str(work / "audit.jsonl"), env=env) as served:
         yield served
-    finally:
-        if served.proc.poll() is None:
-            served.proc.kill()
-            served.proc.wait()
 
 
 @pytest.fixture(scope="module")
