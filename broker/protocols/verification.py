@@ -157,9 +157,12 @@ def grant_status(call: "Call") -> HttpResponse:
                        "ask GET /uploads/verdict?key= instead")
     grant = ledger.get(grant_id)
     user = call.user()
-    if grant is None or grant.client != client.id or (grant.user is not None and user is not None
+    # A session sees its own user's grants only; another caller of the client, any grant of a user
+    # it names (or of none). Another client's grant, or another user's, is not there either.
+    if grant is None or grant.client != client.id or (grant.user != user if call.session is not None else
+                                                      grant.user is not None and user is not None
                                                       and grant.user != user):
-        raise NotFound(f"no grant {grant_id} of {client.id}")  # another client's grant is not there either
+        raise NotFound(f"no grant {grant_id} of {client.id}")
     now = int(call.now.timestamp())
     status = grant.status
     if status in (ISSUED, EXPIRED):  # not settled: has the file arrived, unjudged so far?

@@ -189,6 +189,22 @@ def test_grant_status_with_a_session(sb: Any) -> None:
     assert answer.status != 401, answer
 
 
+def test_a_session_sees_the_status_of_its_own_users_grants_only(make: Callable[..., Any], tmp_path: Any) -> None:
+    from broker.ledger.sqlite import SqliteLedger
+
+    broker = make(ledger=SqliteLedger(tmp_path / "ledger.db"))
+    alice, bob = token_for(broker, user="alice"), token_for(broker, user="bob")
+    hers = call(broker, "POST", "/uploads", AVATAR, api_key=None, headers=bearer(alice)).body["grant_id"]
+    backend = call(broker, "POST", "/uploads", AVATAR).body["grant_id"]  # the app backend's own, no user
+
+    def status(grant_id: str, token: str | None) -> int:
+        headers = bearer(token) if token else None
+        return call(broker, "GET", f"/uploads/{grant_id}", api_key=None if token else WEB_KEY, headers=headers).status
+
+    assert [status(hers, alice), status(hers, bob), status(backend, alice)] == [200, 404, 404]
+    assert [status(hers, None), status(backend, None)] == [200, 200]  # the backend's API key sees them all
+
+
 def test_preflight_through_the_path_form(sb: Any) -> None:
     token = token_for(sb)
     answer = call(sb, "OPTIONS", f"/s/{token}/uploads", api_key=None, headers={"origin": "http://localhost:8000"})
