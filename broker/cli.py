@@ -148,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server (granian, one Broker per worker process) for the API and the upload page."""
     from broker.adapters.wsgi import default_workers, serve
     from broker.logs import log_event
-    from broker.service import SERVE_TARGET, build
+    from broker.service import SERVE_TARGET, SERVE_THREADS_VARIABLE, build
 
     overrides: dict[str, str] = {}
     if args.rules:
@@ -196,9 +196,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_event("serving", url=f"http://{host}:{port}/", workers=workers, threads=args.threads,
               rules=settings.rules, audit_file=settings.audit_file, store=settings.s3_endpoint_url or "AWS S3")
     os.environ.update(overrides)  # the workers read their settings from the environment
+    os.environ[SERVE_THREADS_VARIABLE] = str(args.threads)
     sys.stdout.flush()  # nothing buffered here may be written again by forked workers
     try:
-        serve(host, port, factory=SERVE_TARGET, workers=workers, threads=args.threads)
+        # RSGI: bodies are awaited under a deadline, so a client that stalls mid-request holds a
+        # socket, not one of the threads that run requests (issue 16; broker/adapters/rsgi.py).
+        serve(host, port, factory=SERVE_TARGET, workers=workers, threads=args.threads, interface="rsgi")
     except KeyboardInterrupt:
         pass
     return 0

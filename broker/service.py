@@ -80,13 +80,13 @@ def ledger_from(settings: Settings, region: str | None = None) -> Ledger | None:
 
 
 def serve_worker() -> Any:
-    """The WSGI app of one ``broker serve`` worker process: settings from the environment, its own Broker.
+    """The RSGI app of one ``broker serve`` worker process: settings from the environment, its own Broker.
 
     ``broker serve`` has already built a Broker from the same settings and checked it, so this
     normally cannot fail; if it does (the rules file broke in between), the worker says why on
     stderr and exits, and the server stops (exit status 1).
     """
-    from broker.adapters import wsgi
+    from broker.adapters import rsgi, wsgi
 
     # A forked worker starts with the handlers of granian's main process, which only flag that
     # process: Ctrl-C or SIGTERM while this worker builds its broker would be lost, and the server
@@ -103,8 +103,10 @@ def serve_worker() -> Any:
                              f"be issued:\n{getattr(err, 'message', err)}")
     except BrokerError as exc:
         raise SystemExit(f"broker serve: worker {os.getpid()}: {exc.message}") from None
-    return wsgi.WsgiApp(broker)
+    return rsgi.RsgiApp(broker, threads=int(os.environ.get(SERVE_THREADS_VARIABLE) or wsgi.DEFAULT_THREADS))
 
 
 #: What each ``broker serve`` worker process imports and calls (granian's factory target).
 SERVE_TARGET = f"{__name__}:serve_worker"
+#: How ``broker serve --threads N`` reaches its workers: the threads that run requests in each.
+SERVE_THREADS_VARIABLE = "BROKER_SERVE_THREADS"

@@ -28,6 +28,10 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
     The request id is left to the broker (``Broker.handle`` draws one): a static file needs none.
     """
     headers = {}
+    # A header sent as ``x_api_key`` reaches WSGI as HTTP_X_API_KEY, the same as ``x-api-key``
+    # (PEP 3333 folds both to ``_``): the environ cannot tell them apart, so only a server that
+    # hands over raw names can refuse the underscore spelling (broker serve does: adapters/rsgi.py).
+    # waitress drops header names with ``_`` itself; behind another WSGI server, let the proxy do it.
     for key, value in environ.items():  # granian's environ also holds the whole os.environ
         if key[:5] == "HTTP_":
             headers[key[5:].replace("_", "-").lower()] = value
@@ -119,18 +123,23 @@ class WsgiApp:
         waitress has read the whole body before calling us, so the connection stays usable;
         granian closes it after this answer, since the body was not read.
         """
-        from broker.app import Call
-        from broker.fast.ids import new_random_id
-        from broker.models import RequestContext
-
         request = to_request({**environ, "CONTENT_LENGTH": "0", "QUERY_STRING": ""}, 0)  # the headers only
-        request = dataclasses.replace(request, request_id=new_random_id())
-        call = Call(self.broker, request, self.broker.clock(), RequestContext(
-            request_id=request.request_id, source_ip=request.source_ip,
-            user_agent=request.header("user-agent"), transport="wsgi"))
-        response = self.broker.error_response(call, exc)
-        response.headers.setdefault("X-Request-Id", request.request_id)
-        return response
+        return refusal(self.broker, request, exc, transport="wsgi")
+
+
+def refusal(broker: Any, request: HttpRequest, exc: RequestError, *, transport: str) -> HttpResponse:
+    """Audit and answer ``request`` (its headers only), refused by the transport before the broker saw it."""
+    from broker.app import Call
+    from broker.fast.ids import new_random_id
+    from broker.models import RequestContext
+
+    request = dataclasses.replace(request, request_id=new_random_id())
+    call = Call(broker, request, broker.clock(), RequestContext(
+        request_id=request.request_id, source_ip=request.source_ip,
+        user_agent=request.header("user-agent"), transport=transport))
+    response = broker.error_response(call, exc)
+    response.headers.setdefault("X-Request-Id", request.request_id)
+    return response
 
 
 DEFAULT_THREADS = 1  # see ``broker serve --help``: threads in one process take turns on the GIL
@@ -209,27 +218,45 @@ SERVER_LOGGING = {
 }
 
 
-def serve(host: str, port: int, *, factory: str, workers: int, threads: int = DEFAULT_THREADS) -> None:
+#: Seconds a client has to send its request line and headers, and the longest a connection may
+#: sit idle before (or between keep-alive) requests: granian closes it after that. HTTP/1 only:
+#: in granian's "auto" mode a connection that sends nothing is never timed out (it waits, without
+#: a deadline, for bytes that tell HTTP/1 from HTTP/2), and holds a worker's connection slot.
+HEADER_SECONDS = 10
+#: Connections waiting to be accepted (the listen backlog), and connections one worker serves at
+#: once (granian's backpressure): a stalled client holds one of these, never a thread.
+BACKLOG = 2048
+CONNECTIONS_PER_WORKER = 1024
+
+
+def serve(host: str, port: int, *, factory: str, workers: int, threads: int = DEFAULT_THREADS,
+          interface: str = "wsgi") -> None:
     """Serve the app ``factory`` (``module:function``) builds in each of ``workers`` processes.
 
-    granian parses HTTP in Rust and calls the app from ``threads`` Python threads per process,
-    so its own cost per request is small (~0.1 ms of CPU for a hello-world app, waitress's is
-    ~0.3-0.6 ms: ``bench/bench.py --only server``), and one process per CPU gets past the GIL.
+    granian parses HTTP in Rust, so its own cost per request is small (~0.1 ms of CPU for a
+    hello-world app, waitress's is ~0.3-0.6 ms: ``bench/bench.py --only server``), and one
+    process per CPU gets past the GIL. ``interface="rsgi"`` (``broker serve``: adapters/rsgi.py)
+    awaits bodies on an event loop, the app runs requests in its own ``threads``; ``"wsgi"``
+    calls the app from ``threads`` Python threads, each blocked while a client sends its body.
     Returns on SIGINT or SIGTERM, once the workers have stopped.
     """
     try:
         from granian import Granian
-        from granian.constants import Interfaces
+        from granian.constants import HTTPModes, Interfaces
+        from granian.http import HTTP1Settings
         from granian.log import LogLevels
     except ImportError:
         raise SystemExit("broker serve needs granian: pip install 's3-upload-broker[serve]'") from None
+    rsgi = interface == "rsgi"
     # respawn: a worker that dies (killed, out of memory) is replaced; one that dies again within
     # seconds of its start stops the server, with exit status 1. On SIGINT or SIGTERM, workers
     # finish the requests they have; one still running after WORKERS_KILL_SECONDS is killed.
-    Granian(factory, factory=True, interface=Interfaces.WSGI, address=host, port=port,
-            workers=workers, blocking_threads=threads, websockets=False, respawn_failed_workers=True,
-            workers_kill_timeout=WORKERS_KILL_SECONDS, log_level=LogLevels.warning,
-            log_dictconfig=SERVER_LOGGING).serve()
+    Granian(factory, factory=True, interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
+            address=host, port=port, workers=workers, blocking_threads=1 if rsgi else threads,
+            websockets=False, respawn_failed_workers=True, workers_kill_timeout=WORKERS_KILL_SECONDS,
+            backlog=BACKLOG, backpressure=CONNECTIONS_PER_WORKER, http=HTTPModes.http1,
+            http1_settings=HTTP1Settings(header_read_timeout=HEADER_SECONDS * 1000, keep_alive=True),
+            log_level=LogLevels.warning, log_dictconfig=SERVER_LOGGING).serve()
 
 
 class ServerThread:
