@@ -187,9 +187,7 @@ def test_an_underscore_header_is_never_a_credential_on_make_runs_server(waitress
     assert statuses(got)[:1] == [401], got[:200]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 16, open: granian's WSGI interface passes an x_api_key header on as HTTP_X_API_KEY, which a WSGI "
-    "app cannot tell from x-api-key; the RSGI adapter on the wip/rsgi-serve branch drops '_' names"))
 def test_an_underscore_header_is_never_a_credential_on_broker_serve(granian: Served) -> None:
+    """broker serve (RSGI: raw header names) drops ``_`` names as waitress does (adapters/rsgi.py)."""
     got = exchange(granian.port, _underscore_key())
     assert statuses(got)[:1] == [401], got[:200]
