@@ -56,15 +56,17 @@ package: venv  ## build build/lambda.zip and build/template.yaml (sam deploy) fo
 	$(BIN)/python -m broker.deploy.package --rules $(RULES) --bytecode-python $(LAMBDA_PYTHON)
 
 # Minutes, loopback only: SOAK_REQUESTS from SOAK_CLIENTS concurrent clients against `broker
-# serve`, every answer and audit line checked; SOAK_OBJECTS objects announced to the verifier
+# serve`, every answer and audit line checked, while SOAK_SLOW connections stall their request
+# bodies (each must get its 408 within the body deadline); SOAK_OBJECTS objects announced to the verifier
 # (10% twice, shuffled), each judged exactly once; then the fuzzers at SOAK_FUZZ_SCALE times their
 # `make test` sizes. Figures: docs/RELIABILITY.md.
 SOAK_REQUESTS   ?= 24000
 SOAK_CLIENTS    ?= 16
+SOAK_SLOW       ?= 50
 SOAK_FUZZ_SCALE ?= 5
 SOAK_OBJECTS    ?= 10000
 soak: venv  ## load test (24,000 requests), a burst of 10,000 object events at the verifier, the fuzzers at 5x
-	$(BIN)/python -m reliability.soak --requests $(SOAK_REQUESTS) --clients $(SOAK_CLIENTS)
+	$(BIN)/python -m reliability.soak --requests $(SOAK_REQUESTS) --clients $(SOAK_CLIENTS) --slow-clients $(SOAK_SLOW)
 	$(BIN)/python -m reliability.verify_burst --objects $(SOAK_OBJECTS)
 	RELIABILITY_SCALE=$(SOAK_FUZZ_SCALE) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/reliability/test_fuzz_api.py tests/reliability/test_fuzz_events.py \

@@ -8,6 +8,12 @@ connection, send ``--requests`` ``POST /uploads`` between them, drawn by a seede
 from a mix of allowed, denied and malformed requests. Bounded in count and in time
 (``--max-seconds``); loopback only.
 
+Alongside the load, ``--slow-clients`` connections stall: each sends the headers of a
+``POST /uploads`` announcing a 100-byte body, then one byte and nothing more (silent) or a byte
+every two seconds (trickling), again and again until the load is done. Each must be answered
+408 within the server's body deadline (``adapters/rsgi.py``: a stalled client holds a socket,
+never a worker), and the load's latency figures are taken while they stall.
+
 Checked after the run (so checking costs no load): every answer has the status its kind
 expects (0 errors: no 5xx, no connection failure, no surprise), every body matches its JSON
 schema, every grant is within its rule (decoded policy), and the audit file holds exactly one
@@ -182,6 +188,57 @@ def client(port: int, work: list[Planned], results: list[Result], deadline: floa
     conn.close()
 
 
+#: A stalled request must be answered within the server's body deadline plus this (seconds).
+STALL_GRACE = 3.0
+STALL_KIND = "stalled_body"
+
+
+def slow_client(port: int, index: int, results: list[Result], done: threading.Event) -> None:
+    """Stall request after request until ``done``: headers announcing 100 bytes, then one byte and
+    silence (even ``index``) or a byte every two seconds (odd); record what the server answered."""
+    from broker.adapters.rsgi import BODY_SECONDS
+
+    planned = Planned(STALL_KIND, WEB_KEY, b"", frozenset({408}), {})
+    head = (b"POST /uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: soak-slow\r\n"
+            b"Content-Type: application/json\r\nX-Api-Key: " + WEB_KEY.encode() + b"\r\n"
+            b"Content-Length: 100\r\n\r\n{")
+    while not done.is_set():
+        started = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=BODY_SECONDS + STALL_GRACE) as sock:
+                sock.sendall(head)
+                raw = b""
+                sock.settimeout(2.0)
+                while time.perf_counter() - started < BODY_SECONDS + STALL_GRACE:
+                    try:
+                        chunk = sock.recv(65536)
+                    except socket.timeout:
+                        if index % 2:
+                            sock.sendall(b" ")  # trickling: a byte every two seconds
+                        continue
+                    if not chunk or _complete(raw := raw + chunk):
+                        break  # answered (or closed) by the server
+                seconds = time.perf_counter() - started
+        except OSError as exc:
+            results.append(Result(planned, 0, b"", None, time.perf_counter() - started, repr(exc)))
+            continue
+        head_part, _, body = raw.partition(b"\r\n\r\n")
+        status_line = head_part.split(b"\r\n", 1)[0].split()
+        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
+        found = re.search(rb"(?im)^x-request-id: *([^\r\n]+)", head_part)
+        error = None if status else f"no answer within {seconds:.1f} s"
+        if status and seconds > BODY_SECONDS + STALL_GRACE:
+            error = f"answered only after {seconds:.1f} s"
+        results.append(Result(planned, status, body, found.group(1).decode() if found else None, seconds, error))
+
+
+def _complete(raw: bytes) -> bool:
+    """Does ``raw`` hold a whole response (head and Content-Length body)?"""
+    head, found, body = raw.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return bool(found) and length is not None and len(body) >= int(length.group(1))
+
+
 def check(results: list[Result], work: Path, secret_values: dict[str, str]) -> dict[str, Any]:
     """Every check after the run; returns the figures and the list of failures."""
     ruleset = load_rules_file(work / "rules.yaml")
@@ -241,7 +298,8 @@ def check(results: list[Result], work: Path, secret_values: dict[str, str]) -> d
                 failures.append(f"{name}: contains {what}")
         if signatures.intersection(re.findall(r"[0-9a-f]{64}", text)):
             failures.append(f"{name}: contains a signature the broker issued")
-    latencies = sorted(r.seconds for r in results if not r.error)
+    latencies = sorted(r.seconds for r in results if not r.error and r.planned.kind != STALL_KIND)
+    stalled = sorted(r.seconds for r in results if not r.error and r.planned.kind == STALL_KIND)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
         "requests": len(results),
@@ -251,6 +309,8 @@ def check(results: list[Result], work: Path, secret_values: dict[str, str]) -> d
         "audit_lines": len(records),
         "latency_ms": {"p50": round(q[49] * 1000, 2), "p90": round(q[89] * 1000, 2),
                        "p99": round(q[98] * 1000, 2), "max": round(latencies[-1] * 1000, 2) if latencies else 0},
+        "stalled_requests": len(stalled),
+        "stalled_answered_within_s": round(stalled[-1], 2) if stalled else None,
         "failures": failures,
     }
 
@@ -270,11 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-workers", type=int, help="broker serve --workers (default: its own)")
     parser.add_argument("--server-threads", type=int, help="broker serve --threads (default: its own)")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop sending after this (default 600)")
+    parser.add_argument("--slow-clients", type=int, default=20,
+                        help="connections that stall their request bodies alongside the load (default 20)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the request generator (default 7)")
     parser.add_argument("--work", default=str(ROOT / "var" / "soak"), help="output folder (default var/soak)")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.clients < 1:
-        parser.error("--requests and --clients must be positive")
+    if args.requests < 1 or args.clients < 1 or args.slow_clients < 0:
+        parser.error("--requests and --clients must be positive, --slow-clients not negative")
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -296,9 +358,16 @@ def main(argv: list[str] | None = None) -> int:
                *(["--threads", str(args.server_threads)] if args.server_threads else [])]
     server = start_server(work, port, options, env)
     results_per_client: list[list[Result]] = [[] for _ in range(args.clients)]
+    slow_results: list[list[Result]] = [[] for _ in range(args.slow_clients)]
+    load_done = threading.Event()
     started = time.monotonic()
     deadline = started + args.max_seconds
     try:
+        stallers = [threading.Thread(target=slow_client, args=(port, i, slow_results[i], load_done))
+                    for i in range(args.slow_clients)]
+        for t in stallers:
+            t.start()
+        time.sleep(0.5 if stallers else 0)  # the stalls are in place before the load starts
         threads = [threading.Thread(target=client, args=(port, shares[i], results_per_client[i], deadline))
                    for i in range(args.clients)]
         for t in threads:
@@ -306,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
+        load_done.set()
+        for t in stallers:
+            t.join()
     finally:
+        load_done.set()
         server.send_signal(signal.SIGINT)  # broker serve stops cleanly on Ctrl-C
         try:
             server.wait(timeout=15)
@@ -314,15 +387,20 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.wait()
     results = [r for rs in results_per_client for r in rs]
+    sent = len(results)
+    results += [r for rs in slow_results for r in rs]
     figures = check(results, work, secret_values)
-    if len(results) < args.requests:
-        figures["failures"].insert(0, f"only {len(results)} of {args.requests} requests were sent within "
+    if args.slow_clients and not figures["stalled_requests"]:
+        figures["failures"].append("no stalled request was answered: the slow clients measured nothing")
+    if sent < args.requests:
+        figures["failures"].insert(0, f"only {sent} of {args.requests} requests were sent within "
                                       f"{args.max_seconds:g} s")
     serving = [entry for entry in map(_json_or_none, (work / "server-stderr.log").read_text().splitlines())
                if isinstance(entry, dict) and entry.get("event") == "serving"]
-    figures.update(clients=args.clients, server_workers=serving[0]["workers"] if serving else None,
+    figures.update(clients=args.clients, slow_clients=args.slow_clients,
+                   server_workers=serving[0]["workers"] if serving else None,
                    server_threads=serving[0]["threads"] if serving else None, seed=args.seed,
-                   seconds=round(elapsed, 1), requests_per_second=round(len(results) / elapsed, 1),
+                   seconds=round(elapsed, 1), requests_per_second=round(sent / elapsed, 1),
                    cpus=os.cpu_count())
     (work / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
     failures = figures.pop("failures")
@@ -332,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         for failure in failures[:30]:
             print(f"  - {failure}", file=sys.stderr)
         return 1
-    print(f"\nsoak OK: {len(results)} requests from {args.clients} clients in {elapsed:.1f} s, 0 errors; "
+    print(f"\nsoak OK: {sent} requests from {args.clients} clients in {elapsed:.1f} s, 0 errors; "
           f"p50 {figures['latency_ms']['p50']} ms, p99 {figures['latency_ms']['p99']} ms; "
+          f"{figures['stalled_requests']} stalled bodies from {args.slow_clients} slow clients, each answered "
+          f"408 within {figures['stalled_answered_within_s']} s; "
           f"{figures['audit_lines']} audit lines, one per request. Details: {work / 'result.json'}")
     return 0
 

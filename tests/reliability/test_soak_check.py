@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from reliability.soak import Planned, Result, check, plan
+from reliability.soak import STALL_KIND, Planned, Result, _complete, check, plan
 from tests.conftest import ROOT
 
 
@@ -83,3 +83,34 @@ def test_the_request_mix_is_seeded_and_varied() -> None:
     rng = random.Random(7)
     kinds = {plan(rng).kind for _ in range(2000)}
     assert len(kinds) == 11, kinds
+
+
+def _stalled(request_id: str, seconds: float, error: str | None = None) -> Result:
+    planned = Planned(STALL_KIND, "demo-web-app-key", b"", frozenset({408}), {})
+    body = json.dumps({"error": "request_timeout", "message": "the request body did not arrive within 10 s"})
+    return Result(planned, 408 if error is None else 0, body.encode(), request_id, seconds, error)
+
+
+def test_stalled_bodies_answered_408_pass_and_stay_out_of_the_load_latencies(work: Path) -> None:
+    results = _results(3) + [_stalled("slow-1", 10.02), _stalled("slow-2", 10.04)]
+    _write(work, b"".join(_record(r.request_id or "", r.status) for r in results))
+    figures = check(results, work, {})
+    assert figures["failures"] == []
+    assert figures["stalled_requests"] == 2 and figures["stalled_answered_within_s"] == 10.04
+    assert figures["latency_ms"]["max"] == pytest.approx(3.0)  # the load's, not the stalls'
+
+
+def test_a_stalled_body_left_unanswered_fails(work: Path) -> None:
+    results = _results(2) + [_stalled("slow-1", 13.5, error="no answer within 13.5 s")]
+    _write(work, b"".join(_record(r.request_id or "", r.status) for r in results[:2]))
+    failures = check(results, work, {})["failures"]
+    assert any("no answer within 13.5 s" in f for f in failures), failures
+
+
+@pytest.mark.parametrize("raw, whole", [
+    (b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 4\r\n\r\n{}", False),
+    (b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 2\r\n\r\n{}", True),
+    (b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 2\r\n", False),
+])
+def test_a_response_is_whole_once_its_content_length_has_arrived(raw: bytes, whole: bool) -> None:
+    assert _complete(raw) is whole
