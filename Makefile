@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv system-deps dynalite run test test-fast check bench soak package clean
+.PHONY: help venv system-deps ceph dynalite run test test-fast check bench soak package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -22,6 +22,9 @@ venv: $(STAMP)  ## create .venv with the broker and its dev dependencies
 system-deps:  ## install Chromium from Debian (browser tests)
 	bash scripts/install-system-deps.sh
 
+ceph:  ## install Ceph RGW from Debian (ceph-mon, ceph-osd, radosgw): the store tests' second store
+	bash scripts/install-ceph.sh
+
 # dynalite: a DynamoDB API server on Node, from the npm registry, for the ledger's DynamoDB
 # engine tests (tests/ledger/dynamo_fixtures.py starts it). Node and npm are installed from
 # Debian if missing (scripts/install-node.sh).
@@ -33,10 +36,13 @@ $(DYNALITE): | $(STAMP)
 
 dynalite: $(DYNALITE)  ## install dynalite (npm) into .venv/dynalite for the DynamoDB ledger tests
 
-run: venv  ## start SeaweedFS + the broker + the upload page on http://127.0.0.1:8000
-	$(BIN)/python -m broker.dev.run
+# STORE=rgw runs the same stack on Ceph RGW (a one-node cluster, objects in memory) instead of SeaweedFS.
+STORE ?= seaweedfs
+run: venv  ## start SeaweedFS (STORE=rgw: Ceph RGW) + the broker + the upload page on http://127.0.0.1:8000
+	@if [ "$(STORE)" = rgw ]; then bash scripts/install-ceph.sh; fi
+	BROKER_STORE=$(STORE) $(BIN)/python -m broker.dev.run
 
-test: venv system-deps dynalite  ## run every test (unit, real store, real browser, real DynamoDB API)
+test: venv system-deps ceph dynalite  ## run every test (unit, real stores, real browser, real DynamoDB API)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: venv  ## unit tests only: no store, no browser, no soak (pytest markers)
@@ -52,8 +58,13 @@ clean:  ## remove the venv and local data
 # (LAMBDA_PYTHON), otherwise the zip ships sources only. RULES is the rules file to bundle.
 RULES         ?= rules.yaml
 LAMBDA_PYTHON ?= python3.12
-package: venv  ## build build/lambda.zip and build/template.yaml (sam deploy) for RULES
-	$(BIN)/python -m broker.deploy.package --rules $(RULES) --bytecode-python $(LAMBDA_PYTHON)
+# The rules must pass `broker check --production --auth $(STACK_AUTH)` (api-key, jwt or lambda: how the
+# stack recognises callers); ALLOW_DEMO=1 packages them anyway, with a loud warning (trial stacks).
+STACK_AUTH    ?= api-key
+ALLOW_DEMO    ?=
+package: venv  ## build build/lambda.zip and build/template.yaml (sam deploy) for RULES, refusing demo settings
+	$(BIN)/python -m broker.deploy.package --rules $(RULES) --bytecode-python $(LAMBDA_PYTHON) \
+		--auth $(STACK_AUTH) $(if $(ALLOW_DEMO),--allow-demo)
 
 # Minutes, loopback only: SOAK_REQUESTS from SOAK_CLIENTS concurrent clients against `broker
 # serve`, every answer and audit line checked, while SOAK_SLOW connections stall their request

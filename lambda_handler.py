@@ -43,13 +43,17 @@ try:
         BROKER: Broker | None = service.build(Settings.from_env())
         _START_ERROR: str | None = None
         if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # on Lambda: counts as CloudWatch EMF lines
-            from broker.metrics import EmfLines
+            from broker import metrics
 
-            BROKER.metrics = EmfLines()
+            metrics.install(BROKER)  # decisions, errors and failed rules reloads
             BROKER.callbacks_in_background = False  # a frozen Lambda would strand queued callbacks
     except ConfigError as exc:  # fail closed, loudly, but keep answering with a clear 503
         BROKER, _START_ERROR = None, exc.message
         log_event("startup_failed", error=exc.message)
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # the StartupFailed count an alarm watches
+            from broker import metrics
+
+            print(metrics.count_line(metrics.STARTUP_FAILED), end="", flush=True)
 finally:
     gc.freeze()
     if _GC_WAS_ENABLED:
@@ -61,8 +65,17 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     if BROKER is None:
         from broker.web import HttpResponse
 
-        body = ServiceUnavailable("the broker is misconfigured; the operator's log says why").to_body()
-        return apigw.to_event_response(HttpResponse.json(503, body), apigw.kind_of(event))
+        rc = event.get("requestContext") if isinstance(event, dict) else None  # as the broker names requests
+        request_id = str((rc.get("requestId") if isinstance(rc, dict) else None)
+                         or getattr(context, "aws_request_id", "") or "-")
+        body = {**ServiceUnavailable("the broker is misconfigured; the operator's log says why").to_body(),
+                "request_id": request_id}
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # counted as a 5xx, as the broker counts its own
+            from broker import metrics
+
+            print(metrics.error_line(503, "service_unavailable"), end="", flush=True)
+        return apigw.to_event_response(HttpResponse.json(503, body, {"X-Request-Id": request_id}),
+                                       apigw.kind_of(event))
     return apigw.handle(BROKER, event, context)
 
 

@@ -20,8 +20,9 @@ from broker.config.sources import RulesProvider
 from broker.core import rules
 from broker.core.sizes import human_size
 from broker.core import sessions
-from broker.errors import AuditUnavailable, BrokerError, Denied, InvalidRequest, Unauthenticated
+from broker.errors import AuditUnavailable, BrokerError, Denied, InvalidRequest, MethodNotAllowed, Unauthenticated
 from broker.fast.ids import new_random_id
+from broker.fast.jsontext import compact_bytes
 from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded, grant_id_for
 from broker.logs import log_event
 from broker.models import (
@@ -64,6 +65,16 @@ def split_session_path(path: str) -> tuple[str, str | None]:
     return slash + rest if slash else "/", token
 
 
+def with_request_id(response: HttpResponse, request_id: str) -> None:
+    """Put ``request_id`` into a JSON object body that lacks one (first member; no re-parse)."""
+    body = response.body
+    if body[:1] == b"{" and b'"request_id"' not in body and \
+            response.headers.get("Content-Type", "").startswith("application/json"):
+        member = b'"request_id":' + compact_bytes(request_id)
+        rest = body[1:]
+        response.body = b"{" + member + (b"}" if rest.strip() == b"}" else b"," + rest)
+
+
 def _limit(scope: str, quota: Quota | None) -> Limit:
     return Limit(scope, quota.uploads_per_hour, quota.bytes_per_day) if quota else Limit(scope)
 
@@ -90,8 +101,10 @@ class Call:
     session: Session | None = None  # the verified session, once client() has seen one
 
     def ruleset(self) -> RuleSet:
-        """The rules in force (503 if none ever loaded)."""
-        return self.broker.rules.current()
+        """The rules in force (503 if none ever loaded); their digest goes into the call's audit lines."""
+        ruleset = self.broker.rules.current()
+        self.context.fields["rules"] = ruleset.digest
+        return ruleset
 
     def session_token(self) -> str | None:
         """The session token the call presents: in the path (``/s/<token>/``) or as ``Authorization: Bearer``.
@@ -125,11 +138,27 @@ class Call:
         )
         client = rules.identify(ruleset, creds)
         self.client_id = client.id
+        fields = self.context.fields  # who, for the audit line: never the key, never a token
+        fields["rules"] = ruleset.digest
+        if creds.api_key_sha256 is not None:
+            fields["key_fingerprint"] = creds.api_key_sha256[:audit.KEY_FINGERPRINT_CHARS]
+        else:
+            self._note_principal(ruleset, client, fields)
         if api_key and client.server_only and self.request.header("origin"):
             raise Denied(f"client '{client.id}' uses its API key from servers only, and this call came from a "
                          "browser (it has an Origin header); have the app backend create a session (POST /sessions) "
                          "and give the browser its token", check=Check.SERVER_ONLY_KEY.value, client=client.id)
         return client
+
+    def _note_principal(self, ruleset: RuleSet, client: Client, fields: dict[str, str]) -> None:
+        """The authorizer's principal that named the client, and its end user (``sub``), for the audit line."""
+        for principal in self.request.principals:
+            if ruleset.by_principal.get(principal) == client.id:
+                fields["principal"] = principal[:256]
+                break
+        user = self.user()
+        if user is not None:
+            fields["user"] = user[:256]
 
     def _session_client(self, ruleset: RuleSet, token: str) -> Client:
         broker = self.broker
@@ -143,6 +172,7 @@ class Call:
         self.session = session
         self.client_id = client.id
         self.context = replace(self.context, session=session.id, user=session.user)
+        self.context.fields["rules"] = ruleset.digest
         return client
 
     def user(self) -> str | None:
@@ -158,8 +188,9 @@ class Call:
 class Broker:
     """Ties rules, signer and audit log together behind one ``handle`` method."""
 
-    #: Renders the metric line(s) counting an audit record ('' for none); lambda_handler sets
-    #: it to ``broker.metrics.EmfLines``. They go to the audit stream with the audit line.
+    #: Renders the metric line(s) counting an audit record ('' for none): decisions and errors.
+    #: lambda_handler sets it (``broker.metrics.install``). They go to the audit stream with the
+    #: audit line, in the same write.
     metrics: Callable[[dict[str, Any]], str] | None = None
 
     def __init__(
@@ -292,11 +323,20 @@ class Broker:
 
     # ------------------------------------------------------------------ HTTP
 
-    def handle(self, request: HttpRequest, *, transport: str = "http") -> HttpResponse:
-        """Answer one HTTP request; never raises, never leaks a traceback to the client."""
+    def handle(self, request: HttpRequest, *, transport: str = "http", invocation: str | None = None) -> HttpResponse:
+        """Answer one HTTP request; never raises, never leaks a traceback to the client.
+
+        ``invocation``: the Lambda request id (``context.aws_request_id``), for the audit line.
+        """
         now = self.clock()
         request_id = request.request_id or new_random_id()
         user_agent = request.headers.get("user-agent")
+        fields: dict[str, str] = {}  # the call's further audit fields (RequestContext.fields)
+        origin = request.headers.get("origin")
+        if origin:
+            fields["origin"] = origin[:audit.MAX_ORIGIN]
+        if invocation and invocation != request_id:
+            fields["lambda_request_id"] = invocation
         path, path_token = split_session_path(request.path)
         if path_token is not None:  # from here on the path is the route's: the token is never seen in it
             request = replace(request, path=path)
@@ -309,11 +349,11 @@ class Broker:
                     request = replace(request, path_params=params)
         except BrokerError as exc:  # no such route: audited as the broker's own protocol
             call = Call(self, request, now, RequestContext(request_id, request.source_ip, user_agent,
-                                                           transport=transport), path_token=path_token)
+                                                           transport=transport, fields=fields), path_token=path_token)
             return self._finish(request, call, self.error_response(call, exc))
         call = Call(self, request, now, RequestContext(
             request_id, request.source_ip, user_agent,
-            "native" if route is None else route.protocol, transport), path_token=path_token)
+            "native" if route is None else route.protocol, transport, fields=fields), path_token=path_token)
         try:
             response = self._preflight(request) if route is None else route.handler(call)
         except BrokerError as exc:
@@ -321,30 +361,41 @@ class Broker:
         except Exception:  # a bug: log it for the operator, tell the client nothing inside
             log_event("internal_error", request_id=call.context.request_id,
                       error=traceback.format_exc(limit=8))
-            response = HttpResponse.json(500, {"error": "internal_error",
-                                               "message": "the broker failed; the request id is "
-                                                          + call.context.request_id})
+            # audited and counted like any error; BrokerError itself is the 500 internal_error
+            response = self.error_response(call, BrokerError("the broker failed; the request id is "
+                                                             + call.context.request_id))
         return self._finish(request, call, response)
 
     def _finish(self, request: HttpRequest, call: Call, response: HttpResponse) -> HttpResponse:
-        response.headers.setdefault("X-Request-Id", call.context.request_id)
+        request_id = call.context.request_id
+        response.headers.setdefault("X-Request-Id", request_id)
+        if response.status >= 400:  # every error body names the request, as its audit line does
+            with_request_id(response, request_id)
         self._cors(request, response)
         return response
 
     def error_response(self, call: Call, exc: BrokerError) -> HttpResponse:
-        """Audit an error (best effort) and render it as a JSON response."""
-        if not isinstance(exc, AuditUnavailable):  # that one was logged where it happened
-            protocol = call.context.protocol  # each protocol's errors under its own event
-            rec = audit.record(now=call.now, context=call.context, error=exc, client=call.client_id,
-                               event="upload" if protocol == "native" else f"{protocol}_error")
+        """Audit an error (best effort), count it, and render it as a JSON response with its request id."""
+        request_id = call.context.request_id
+        protocol = call.context.protocol  # each protocol's errors under its own event
+        rec = audit.record(now=call.now, context=call.context, error=exc, client=call.client_id,
+                           event="upload" if protocol == "native" else f"{protocol}_error")
+        counted = self.metrics(rec) if self.metrics is not None else ""  # Errors, by status class and code
+        if isinstance(exc, AuditUnavailable):  # logged where it happened; there is no audit to write to
+            self.audit_log.write_stream(counted)
+        else:
             try:
-                self.audit_log.emit(rec)
+                self.audit_log.emit(rec, also=counted)
             except AuditUnavailable as audit_exc:
                 # Nothing was issued, so the client still learns what was wrong with its request.
-                log_event("audit_write_failed", error=audit_exc.message,
-                          request_id=call.context.request_id)
-        headers = {"WWW-Authenticate": 'ApiKey header="x-api-key"'} if isinstance(exc, Unauthenticated) else {}
-        return HttpResponse.json(exc.status, exc.to_body(), headers)
+                log_event("audit_write_failed", error=audit_exc.message, request_id=request_id)
+                self.audit_log.write_stream(counted)
+        headers = {"X-Request-Id": request_id}
+        if isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = 'ApiKey header="x-api-key"'
+        elif isinstance(exc, MethodNotAllowed) and exc.details.get("allow"):
+            headers["Allow"] = ", ".join(exc.details["allow"])
+        return HttpResponse.json(exc.status, {**exc.to_body(), "request_id": request_id}, headers)
 
     def _allowed_origin(self, origin: str | None) -> str | None:
         if not origin:

@@ -1,4 +1,4 @@
-"""The ``broker`` command: check rules, explain a decision, serve locally, make API keys."""
+"""The ``broker`` command: check rules, compare two rules files, explain a decision, serve locally, make API keys."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +18,11 @@ from broker.errors import BrokerError, ConfigError, RulesError
 EPILOG = """\
 examples:
   broker check rules.yaml
+  broker check --production --auth jwt rules.yaml   # fit for a stack with JwtIssuer set?
+  broker diff <(git show origin/main:rules.yaml) rules.yaml   # what a change grants
   broker explain --client web-app --profile avatars --filename me.png \\
                  --content-type image/png --size 120000
-  broker hash-key                      # a new API key and the line for rules.yaml
+  broker hash-key --client web-app     # a new API key: web-app's key list with it added
   BROKER_AUDIT_FILE=var/audit.jsonl broker serve --port 8000
   broker verify --all --dry-run        # judge every stored object against the rules
   broker probe-store                   # which guarantees does this store enforce itself?
@@ -28,6 +30,31 @@ examples:
 settings come from the environment (see README, "Settings"): BROKER_RULES (a path or
 s3://bucket/key), BROKER_AUDIT_FILE, AWS_ENDPOINT_URL_S3, AWS_REGION, ...
 """
+
+
+CHECK_EPILOG = """\
+with --production, also refused (make package runs the same check):
+  the demo API keys         demo-web-app-key and demo-partner-acme-key: their keys are
+                            written in the repository's rules.yaml, anyone can use them
+  http:// origins           in cors.allowed_origins, localhost included: a page anyone on
+                            the network path can change could upload
+  '*' origins               any page on the web could upload
+  unreachable identities    what the stack's --auth mode never produces:
+                              api-key  (no authorizer)           principals of any kind
+                              jwt      (JwtIssuer set)           API keys, principal:...
+                              lambda   (LambdaAuthorizerArn set) API keys, sub:..., group:...
+
+exit status: 0 fit, 1 a problem or a refusal (each with its line and the fix), 2 a bad option
+
+examples:
+  broker check rules.yaml
+  broker check --production rules.yaml                  # a stack recognising API keys
+  broker check --production --auth jwt mobile-rules.yaml
+  broker check --production --parameter-overrides "JwtIssuer=https://cognito-idp.eu-west-1.amazonaws.com/POOL"
+"""
+
+#: ``broker check --production --auth`` choices (broker.config.production.AUTH_MODES).
+AUTH_CHOICES = ("api-key", "jwt", "lambda")
 
 
 def _rules_path(value: str | None) -> str:
@@ -59,7 +86,113 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"  {client.id}/{rule.name}: s3://{rule.bucket}/{rule.key_template}  "
                       f"{rule.min_bytes}-{rule.max_bytes} bytes  {' '.join(rule.content_types)}  "
                       f"expires in {rule.expires_in}s")
+    if args.production:
+        return _check_production(path, ruleset, args.auth, args.parameter_overrides)
     return 0
+
+
+def _check_production(path: str, ruleset: Any, auth: str | None, overrides: str | None) -> int:
+    """``check --production``: list what the rules must not take to a deployment; exit 1 on any."""
+    from broker.config import production
+
+    if overrides is not None:
+        try:
+            stack_auth = production.auth_mode_for(production.parse_parameter_overrides(overrides))
+        except ValueError as exc:
+            print(f"broker check: --parameter-overrides: {exc}", file=sys.stderr)
+            return 2
+        if auth is not None and auth != stack_auth:
+            print(f"broker check: --auth {auth} contradicts --parameter-overrides, which make a stack with "
+                  f"--auth {stack_auth} ({production.AUTH_MODES[stack_auth].stack}); give one of them",
+                  file=sys.stderr)
+            return 2
+        auth = stack_auth
+    auth = auth or "api-key"
+    try:
+        with open(path, "rb") as fh:
+            lines = production.line_index(fh.read())
+    except OSError:
+        lines = {}
+    found = production.refusals(ruleset, auth=auth, lines=lines)
+    mode = production.AUTH_MODES[auth]
+    if not found:
+        print(f"{path}: fit for production with --auth {auth} ({mode.stack})")
+        return 0
+    print(f"{path}: {len(found)} production refusal(s) with --auth {auth} ({mode.stack}):", file=sys.stderr)
+    for refusal in found:
+        print(f"  - {refusal.words(path)}", file=sys.stderr)
+    return 1
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two rules files: what the change grants and revokes; exit 1 if it widens anything."""
+    from broker.core import rulesdiff
+    from broker.deploy.iam import PolicyError, Target, policy_document, verifier_policy_document
+
+    sets = []
+    for location in (args.old, args.new):
+        try:
+            sets.append(_diff_side(location))
+        except ConfigError as exc:
+            print(f"broker diff: {exc.message}", file=sys.stderr)
+            return 2
+    old, new = sets
+    target = Target(args.partition, args.account_id or "ACCOUNT")
+    try:
+        iam = {role: rulesdiff.policy_delta(make(old, target=target), make(new, target=target))
+               for role, make in (("signer", policy_document), ("verifier", verifier_policy_document))}
+    except PolicyError as exc:
+        print(f"broker diff: {exc}", file=sys.stderr)
+        return 2
+    report = rulesdiff.Report(tuple(rulesdiff.diff(old, new)), iam)
+    counts = rulesdiff.summary(report.changes)
+    if args.json:
+        print(json.dumps({
+            "format": DIFF_FORMAT, "old": {"source": args.old, "digest": old.digest},
+            "new": {"source": args.new, "digest": new.digest}, "widens": report.widens,
+            "summary": {kind: counts[kind] for kind in rulesdiff.KINDS},
+            "changes": [c.as_dict() for c in report.changes],
+            "iam": {role: delta.as_dict() for role, delta in iam.items()}}, indent=2))
+        return 1 if report.widens else 0
+    marks = {"added": "+", "removed": "-", "widened": ">", "narrowed": "<", "changed": "~"}
+    total = len(report.changes)
+    print(f"{args.old} -> {args.new}: {total} change{'s' if total != 1 else ''} ("
+          + ", ".join(f"{counts[kind]} {kind}" for kind in rulesdiff.KINDS) + ")")
+    for change in report.changes:
+        flag = " [widens]" if change.kind == "changed" and change.widens else ""
+        print(f"  {marks[change.kind]} {change.where()}: {change.text}{flag}")
+    for role, delta in iam.items():
+        if not delta.added and not delta.removed:
+            print(f"IAM, {role} role: no change")
+            continue
+        print(f"IAM, {role} role:")
+        for mark, grants in (("+", delta.added), ("-", delta.removed)):
+            for grant in grants:
+                cond = f" if {json.dumps(grant['condition'], sort_keys=True)}" if grant["condition"] else ""
+                print(f"  {mark} {', '.join(grant['actions'])} on {grant['resource']}{cond}")
+    if report.widens:
+        print("this change WIDENS what callers or the roles may do: have it reviewed before it is deployed "
+              "(exit status 1)")
+    else:
+        print("nothing is widened" + (" (exit status 0)" if total else ""))
+    return 1 if report.widens else 0
+
+
+def _diff_side(location: str) -> Any:
+    """The rules at a path, or in an S3 object (``s3://bucket/key``, read once, as the broker reads them)."""
+    if not location.startswith("s3://"):
+        return load_rules_file(location)
+    from broker.config.sources import S3Source
+    from broker.s3.client import make_s3_client
+    from broker.s3.store import S3Store
+
+    settings = Settings.from_env(os.environ)
+    ruleset, _ = S3Source(location, S3Store(make_s3_client(settings, "us-east-1"))).fetch(None)
+    return ruleset
+
+
+#: The ``format`` of ``broker diff --json`` (schemas/rules-diff.schema.json); bumped on any breaking change.
+DIFF_FORMAT = "broker-rules-diff/1"
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -135,13 +268,79 @@ def _print(payload: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:
-    """Print a new random API key (or hash a given one) and its rules.yaml entry."""
-    key = sys.stdin.readline().strip() if args.stdin else args.key
-    if not key:
-        key = "bk_" + secrets.token_urlsafe(32)
-        print(f"api key (give it to the client; it is not stored anywhere): {key}")
-    print(f"rules.yaml entry:  api_key_sha256: [\"{api_key_hash(key)}\"]")
+    """Print a new random API key (or hash a given one) as a list item to paste, or a client's whole new list."""
+    if args.stdin or args.key is not None:
+        key = sys.stdin.readline().strip() if args.stdin else args.key.strip()
+        if not key:
+            where = "standard input was empty" if args.stdin else "--key was empty"
+            print(f"no key to hash: {where}. Pass the key (printf '%s' \"$KEY\" | broker hash-key --stdin), "
+                  "or leave out --stdin and --key to make a new one", file=sys.stderr)
+            return 2
+        made = None
+    else:
+        key = made = "bk_" + secrets.token_urlsafe(32)
+    digest = api_key_hash(key)
+    block = listed = None
+    if args.client:
+        try:
+            listed, block = _api_key_block(_rules_path(args.rules), args.client, digest)
+        except (RulesError, LookupError) as exc:
+            print(exc.message if isinstance(exc, RulesError) else exc.args[0], file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps({"api_key": made, "api_key_sha256": digest, "client": args.client,
+                          **({"api_key_sha256_list": listed} if listed is not None else {})}, indent=2))
+        return 0
+    if made:  # on standard error: standard output is only what to paste into the rules
+        print(f"api key (give it to the client; it is not stored anywhere): {made}", file=sys.stderr)
+    if block is None:
+        print("# Add this item to the client's api_key_sha256 list in the rules, under the keys already there (a\n"
+              "# second 'api_key_sha256:' line would replace them); remove the old key once no caller uses it:")
+        print(f"      - {digest}  # added {datetime.now(timezone.utc):%Y-%m-%d}")
+    else:
+        print(block, end="")
     return 0
+
+
+def _api_key_block(path: str, client_id: str, digest: str) -> tuple[list[str], str]:
+    """A client's api_key_sha256 list with ``digest`` added, and the block that replaces the one in ``path``."""
+    from broker.config.where import JsonTree, YamlTree, locate
+
+    ruleset = load_rules_file(path)
+    client = ruleset.clients.get(client_id)
+    if client is None:
+        raise LookupError(f"unknown client '{client_id}' in {path}; clients: {', '.join(sorted(ruleset.clients))}")
+    owner = ruleset.by_api_key.get(digest)
+    if owner is not None and owner != client_id:
+        raise LookupError(f"this key already belongs to client '{owner}' in {path}: each key must identify one client")
+    keys = list(client.api_key_sha256)
+    new = digest not in keys
+    listed = keys + [digest] if new else keys
+    with open(path, "rb") as file:
+        text = file.read()
+    if path.lower().endswith(".json"):
+        tree: Any = JsonTree(text)
+    else:
+        import yaml
+
+        tree = YamlTree(yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    here = locate(tree, f"$.clients.{client_id}.api_key_sha256", exact=True)
+    if here is None:  # no keys yet: the field goes in the client's block
+        line, column = locate(tree, f"$.clients.{client_id}") or (1, 1)
+        column += 2
+        head = f"# In {path}, add this to client '{client_id}' (line {line}):\n"
+    else:
+        line, column = here
+        kept = "the key is in the list already: nothing to change" if not new else \
+            f"its {len(keys)} key{'s' if len(keys) != 1 else ''} kept, the new one last"
+        head = (f"# In {path}, replace the api_key_sha256 list of client '{client_id}' (line {line}) with this\n"
+                f"# ({kept}). Remove an old key once no caller uses it.\n")
+    today = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    pad = " " * (column - 1)
+    if isinstance(tree, JsonTree):
+        return listed, f'{head}{pad}"api_key_sha256": {json.dumps(listed)}\n'
+    items = "".join(f"{pad}  - {d}{f'  # added {today}' if d == digest and new else ''}\n" for d in listed)
+    return listed, f"{head}{pad}api_key_sha256:\n{items}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -491,10 +690,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a rules file and list every problem",
                        description="Validate a rules file against the schema and semantically; "
-                                   "exit 1 if there is any problem, listing all of them.")
+                                   "exit 1 if there is any problem, listing all of them.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CHECK_EPILOG)
     p.add_argument("rules", nargs="?", help=f"rules file (default: $BROKER_RULES or {DEFAULT_RULES})")
     p.add_argument("-v", "--verbose", action="store_true", help="list every client's rules")
+    p.add_argument("--production", action="store_true",
+                   help="also refuse what must not reach a deployment: the demo API keys, http:// and '*' "
+                        "origins, identities the stack's --auth mode cannot produce (exit 1, each named "
+                        "with its line and the fix)")
+    p.add_argument("--auth", choices=sorted(AUTH_CHOICES),
+                   help="with --production, how the stack recognises callers: api-key (JwtIssuer and "
+                        "LambdaAuthorizerArn empty, the template's default), jwt (JwtIssuer set: sub:/group: "
+                        "principals) or lambda (LambdaAuthorizerArn set: principal: principals); one stack "
+                        "serves one mode (default: from --parameter-overrides, else api-key)")
+    p.add_argument("--parameter-overrides", metavar="'NAME=VALUE ...'",
+                   help="with --production, the stack's parameters as given to sam deploy "
+                        "--parameter-overrides: --auth follows from JwtIssuer and LambdaAuthorizerArn")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "diff", help="what a rules change grants and revokes (exit 1 if it widens anything)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Compare two rules files and list every difference that matters to who may upload what:
+clients, API keys, principals, rules, key templates and prefixes, sizes, expiry, types and
+extensions, quotas, sessions, callbacks, server_only, origins; then the IAM delta of the
+signer's and the verifier's roles (the policies `broker iam-policy` derives from each file).
+Only the comparison is made: nothing is deployed or changed.""",
+        epilog="""\
+each change is one line:
+  +  added      a client, rule, API key, principal or origin appears   (widens)
+  -  removed    one disappears
+  >  widened    a limit allows more: larger max_bytes, more types, longer expiry,
+                a quota raised or dropped, multipart on, server_only off   (widens)
+  <  narrowed   a limit allows less
+  ~  changed    neither more nor less; [widens] when keys or verdicts go somewhere
+                new (key template, prefix, bucket, region, quarantine, callback URL)
+                or another ACL or KMS key is used; form fields (cache_control, ...)
+                change nothing anyone may do
+
+API keys are shown by fingerprint: the first 8 hex digits of their api_key_sha256,
+enough to find the line in rules.yaml, never the whole hash.
+
+exit status: 0 nothing widens (only narrowed, removed or neutral changes, or none),
+1 something widens (review it), 2 a file does not load or a bad option
+
+examples:
+  broker diff <(git show origin/main:rules.yaml) rules.yaml
+  broker diff deployed.yaml rules.yaml --json > rules-diff.json
+  broker diff s3://ops-config/broker/rules.yaml rules.yaml   # against the rules in force""")
+    p.add_argument("old", help="the rules in force (or the base of the change): a file, or s3://bucket/key "
+                               "read with the environment's AWS settings (AWS_ENDPOINT_URL_S3, ...)")
+    p.add_argument("new", help="the rules about to be deployed: a file or s3://bucket/key")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document: format, old, new, widens, summary, changes, iam")
+    p.add_argument("--account-id", help="AWS account of KMS keys named by id or alias (default: ACCOUNT in ARNs)")
+    p.add_argument("--partition", default="aws", help="ARN partition (default: aws)")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("explain", help="dry-run one upload request through the rules",
                        description="Print what the broker would decide for one request, and for an "
@@ -677,11 +929,38 @@ examples:
     p.add_argument("--json", action="store_true", help="one JSON document: findings and a summary of each kind")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("hash-key", help="make a new API key and its rules.yaml line",
-                       description="Print a new random API key and the api_key_sha256 entry for "
-                                   "rules.yaml. With --key or --stdin, hash an existing key instead.")
-    p.add_argument("--key", help="hash this key instead of making one (visible in shell history)")
-    p.add_argument("--stdin", action="store_true", help="read the key to hash from standard input")
+    p = sub.add_parser(
+        "hash-key", help="make a new API key and the rules lines for it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Make a new random API key (printed on standard error, once: it is stored nowhere) and print
+its SHA-256 as an item of a client's api_key_sha256 list, to paste under the keys already
+there. Never paste a second 'api_key_sha256:' line into a client: the rules refuse a key
+written twice in one mapping (before, the second silently replaced the first, revoking the
+old keys). With --client, the client's whole list from the rules file, old keys kept and the
+new one added, to replace the list that is there. With --key or --stdin, hash an existing key.""",
+        epilog="""\
+examples:
+  broker hash-key                                  # a new key and the list item to paste
+  broker hash-key --client web-app                 # rotation: web-app's list with a new key added
+  broker hash-key --client web-app --rules conf/rules.json
+  printf '%s' "$KEY" | broker hash-key --stdin     # the hash of a key you have
+  broker hash-key --client web-app --json          # for scripts: api_key, api_key_sha256, the list
+
+rotating a key: add the new one (old kept), deploy, move every caller to the new key, then
+delete the old line and deploy again. broker diff shows the key added, then the one removed.
+
+exit status: 0 printed, 2 an error (an empty key, an unknown client, rules that do not load)""")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--key", help="hash this key instead of making one (visible in shell history)")
+    given.add_argument("--stdin", action="store_true",
+                       help="read the key to hash from the first line of standard input (empty: an error)")
+    p.add_argument("--client", metavar="ID",
+                   help="print this client's api_key_sha256 list from the rules with the new key added")
+    p.add_argument("--rules", help="the rules file for --client (default: $BROKER_RULES or rules.yaml)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document: api_key (null when hashing a given key), api_key_sha256, client "
+                        "and, with --client, api_key_sha256_list")
     p.set_defaults(func=cmd_hash_key)
 
     from broker.deploy import register_cli  # deployment helpers add their own sub-commands

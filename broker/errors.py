@@ -155,10 +155,13 @@ class Problem:
     path: str
     message: str
     rule: str | None = None
+    line: int | None = None  # 1-based, where the problem stands in the file (None: unknown)
+    column: int | None = None
 
     def __str__(self) -> str:
+        where = f"line {self.line}, column {self.column}: " if self.line is not None else ""
         rule = f"rule '{self.rule}': " if self.rule else ""
-        return f"{rule}{self.message} (at {self.path})"
+        return f"{where}{rule}{self.message} (at {self.path})"
 
 
 class RulesError(ConfigError):

@@ -54,7 +54,7 @@ class Rule:
     content_types: tuple[str, ...]
     expires_in: int
     extensions: tuple[str, ...] = ()
-    acl: str = "private"
+    acl: str | None = None  # a canned ACL for the form; None: no acl field (buckets with ACLs disabled)
     cache_control: str | None = None
     content_disposition: str | None = None
     encryption: Encryption | None = None
@@ -158,6 +158,10 @@ class RequestContext:
     transport: str = "http"
     session: str | None = None  # the session id, when the call presented a session token
     user: str | None = None  # that session's end user
+    # More audit fields, filled in as the call learns them (broker.audit.record adds them as
+    # they are): origin, lambda_request_id, then principal, user, key_fingerprint, rules.
+    # One dict per call, written only by the call's own thread, so no new context per step.
+    fields: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

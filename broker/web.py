@@ -158,8 +158,9 @@ class Router:
                 if candidate.method == method:
                     return candidate, m.groupdict()
                 allowed.add(candidate.method)
-        if allowed:
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(sorted(allowed))}")
+        if allowed:  # every path a route serves also answers OPTIONS (CORS preflight)
+            raise MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {', '.join(sorted(allowed))}",
+                                   allow=sorted(allowed | {"OPTIONS"}))
         raise NotFound(f"no such endpoint: {path[:200]}")
 
     def methods(self, path: str) -> set[str]:
@@ -167,3 +168,7 @@ class Router:
         found = set(self._paths.get(path, ()))
         found.update(r.method for r in self._patterns if r.regex.match(path))
         return found
+
+    def routes(self) -> list[tuple[str, str]]:
+        """Every (method, path pattern) registered, sorted (what ``GET /openapi.yaml`` must describe)."""
+        return sorted((method, pattern) for pattern, methods in self._paths.items() for method in methods)

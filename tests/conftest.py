@@ -13,9 +13,10 @@ import pytest
 pytest_plugins = ["tests.stack"]
 
 #: Test tiers as markers (``make test`` runs them all; ``make test-fast`` none of them):
-#: ``store`` needs a real SeaweedFS, ``browser`` a real Chromium, ``soak`` is the reliability
-#: suite (fuzzers, adversarial inputs, faults, load; its sizes scale with RELIABILITY_SCALE).
-STORE_FIXTURES = frozenset({"store", "live", "make_bucket", "verifying"})
+#: ``store`` needs a real store (SeaweedFS; Ceph RGW too in tests.stack.STORE_SUITE), ``browser`` a real
+#: Chromium, ``soak`` is the reliability suite (fuzzers, adversarial inputs, faults, load; its sizes scale
+#: with RELIABILITY_SCALE).
+STORE_FIXTURES = frozenset({"store", "live", "make_bucket", "verifying", "store_kind"})
 #: Modules that start SeaweedFS themselves (through ``make run`` or their own ``Store``).
 STARTS_A_STORE = ("tests/dev/test_run_e2e.py", "tests/dev/test_store.py")
 

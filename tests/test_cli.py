@@ -54,12 +54,115 @@ def test_explain_unknown_client(capsys: pytest.CaptureFixture[str]) -> None:
     assert "clients: mobile, partner-acme, web-app" in capsys.readouterr().err
 
 
+DEMO_HASH = "80829424f20cc9a729a532deea745a5d35dd104cf080e31182e4f3dc8437af4a"  # sha256("demo-web-app-key")
+
+
 def test_hash_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hash-key", "--key", "demo-web-app-key"]) == 0
-    assert "80829424f20cc9a729a532deea745a5d35dd104cf080e31182e4f3dc8437af4a" in capsys.readouterr().out
+    assert f"      - {DEMO_HASH}  # added " in capsys.readouterr().out
     assert main(["hash-key"]) == 0
+    out, err = capsys.readouterr()
+    assert "api key (give it to the client" in err and "bk_" in err and "bk_" not in out  # the key: never pasted
+    assert "api_key_sha256 list" in out and "\n      - " in out
+
+
+def _paste_under_web_app_keys(item: str) -> str:
+    """rules.yaml with ``item`` pasted as the hash-key comment says: under web-app's keys already there."""
+    text = (ROOT / "rules.yaml").read_text()
+    line = next(x for x in text.splitlines(keepends=True) if DEMO_HASH in x)
+    return text.replace(line, line + item, 1)
+
+
+def test_hash_key_prints_a_list_item_that_pasted_keeps_the_old_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.config import load_rules
+    from broker.core.rules import api_key_hash
+
+    assert main(["hash-key"]) == 0
+    out, err = capsys.readouterr()
+    key = err.split(": ")[-1].strip()
+    [item] = [x for x in out.splitlines(keepends=True) if not x.startswith("#")]
+    assert out.startswith("# ") and "under the keys already there" in out
+    client = load_rules(_paste_under_web_app_keys(item)).clients["web-app"]
+    assert client.api_key_sha256 == (DEMO_HASH, api_key_hash(key))  # old key kept, new one added
+
+
+def test_the_old_way_of_pasting_is_now_refused() -> None:
+    from broker.config import load_rules
+    from broker.errors import RulesError
+
+    pasted = _paste_under_web_app_keys('    api_key_sha256: ["' + "0" * 64 + '"]\n')
+    with pytest.raises(RulesError) as caught:
+        load_rules(pasted)
+    [problem] = caught.value.problems
+    assert problem.path == "$.clients.web-app.api_key_sha256" and "written twice" in problem.message
+    assert "broker hash-key --client" in problem.message
+
+
+def _block_lines(out: str) -> tuple[str, str]:
+    """The rules block hash-key --client printed, and the line it says to replace."""
+    lines = out.splitlines(keepends=True)
+    return "".join(x for x in lines if not x.startswith("#")), out.split("(line ")[1].split(")")[0]
+
+
+def test_hash_key_for_a_client_prints_its_whole_list_with_the_new_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.config import load_rules
+    from broker.core.rules import api_key_hash
+
+    assert main(["hash-key", "--client", "web-app", "--rules", str(ROOT / "rules.yaml")]) == 0
+    out, err = capsys.readouterr()
+    key = err.split(": ")[-1].strip()
+    block, line = _block_lines(out)
+    assert "its 1 key kept, the new one last" in out
+    text = (ROOT / "rules.yaml").read_text().splitlines(keepends=True)
+    start = int(line) - 1
+    assert text[start].strip() == "api_key_sha256:" and DEMO_HASH in text[start + 1]
+    replaced = "".join(text[:start] + [block] + text[start + 2:])  # the old list: the key and one item
+    client = load_rules(replaced).clients["web-app"]
+    assert client.api_key_sha256 == (DEMO_HASH, api_key_hash(key))
+
+
+def test_hash_key_for_a_client_without_keys_and_in_json_rules(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    assert main(["hash-key", "--key", "k1", "--client", "mobile", "--rules", str(ROOT / "rules.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "api key" in out and "api_key_sha256" in out
+    assert "add this to client 'mobile'" in out and "    api_key_sha256:\n      - " in out
+    rules_json = tmp_path / "rules.json"
+    rules_json.write_text(json.dumps(yaml.safe_load((ROOT / "rules.yaml").read_text()), indent=2))
+    assert main(["hash-key", "--key", "k1", "--client", "web-app", "--rules", str(rules_json), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["api_key"] is None and doc["client"] == "web-app"
+    assert doc["api_key_sha256_list"] == [DEMO_HASH, doc["api_key_sha256"]]
+    assert main(["hash-key", "--key", "k1", "--client", "web-app", "--rules", str(rules_json)]) == 0
+    assert f'"api_key_sha256": ["{DEMO_HASH}", "{doc["api_key_sha256"]}"]' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(["--client", "nope"], "unknown client 'nope'", id="unknown_client"),
+    pytest.param(["--key", "demo-partner-acme-key", "--client", "web-app"], "already belongs to client 'partner-acme'",
+                 id="key_of_another_client"),
+    pytest.param(["--key", "", ], "no key to hash: --key was empty", id="empty_key"),
+])
+def test_hash_key_refuses(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hash-key", *argv, "--rules", str(ROOT / "rules.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and out == ""
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "   \n"])
+def test_hash_key_refuses_empty_stdin(stdin: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "broker", "hash-key", "--stdin"], input=stdin,
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert "no key to hash: standard input was empty" in result.stderr
+    assert result.stdout == "" and "bk_" not in result.stderr  # no key made up instead
+
+
+def test_hash_key_reads_stdin() -> None:
+    result = subprocess.run([sys.executable, "-m", "broker", "hash-key", "--stdin"], input="demo-web-app-key\n",
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and f"- {DEMO_HASH}" in result.stdout and result.stderr == ""
 
 
 def test_python_dash_m_and_help() -> None:

@@ -1,4 +1,4 @@
-"""``broker probe-store``: the tamper matrix against a real SeaweedFS, its cleanup, and the command's exit status."""
+"""``broker probe-store``: the tamper matrix against real SeaweedFS and Ceph RGW, its cleanup, and the command's exit status."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import pytest
 
 from broker.probe import DEFAULT_PREFIX, TRIALS, ProbeUnavailable, Report, Verdict, form_body, register_cli, run_probe
 from broker.s3.store import S3Store
+from tests.store_suite import live, store, verifying  # noqa: F401 - the store suite: SeaweedFS and Ceph RGW
 
 
 def run_cli(argv: list[str]) -> int:
@@ -32,50 +33,74 @@ def leftovers(s3: Any, bucket: str, prefix: str = DEFAULT_PREFIX) -> tuple[list[
     return objects, uploads
 
 
-# --------------------------------------------------------------------------- against SeaweedFS
+# --------------------------------------------------------------------------- against the real stores
 
 
 @pytest.fixture(scope="module")
-def seaweed_report(store: Any) -> tuple[Report, str]:
+def store_report(store: Any) -> tuple[Report, str]:
     """One run of the whole matrix (about a second), shared by the assertions below."""
     bucket = store.ensure_bucket("probe-matrix")
     return run_probe(S3Store(store.s3_client()), bucket), bucket
 
 
-#: What SeaweedFS 4.48 is known to do (docs/STORES.md has the whole table).
-KNOWN = {
+#: What each store is known to do where they differ (docs/LOCAL.md has the whole matrix, docs/STORES.md more).
+DIFFERENT = {
+    # SeaweedFS 4.48 stores uncovered Content-* fields and follows an uncovered redirect; RGW 16.2 refuses them.
+    "uncovered Content-Disposition": {"seaweedfs": Verdict.VERIFIER, "rgw": Verdict.STORE},
+    "uncovered Cache-Control": {"seaweedfs": Verdict.VERIFIER, "rgw": Verdict.STORE},
+    # SeaweedFS checks a declared x-amz-checksum-sha256 on POST; RGW 16.2 neither checks nor keeps it.
+    "wrong x-amz-checksum-sha256": {"seaweedfs": Verdict.STORE, "rgw": Verdict.NOTHING},
+}
+#: What both stores do alike.
+ALIKE = {
     "oversize": Verdict.STORE,
     "undersize": Verdict.STORE,
     "changed key": Verdict.STORE,
     "changed Content-Type": Verdict.STORE,
     "expired form": Verdict.STORE,
-    "wrong x-amz-checksum-sha256": Verdict.STORE,
-    "uncovered Content-Disposition": Verdict.VERIFIER,
-    "uncovered Cache-Control": Verdict.VERIFIER,
+    "uncovered x-amz-meta-*": Verdict.STORE,
+    "uncovered redirect location": Verdict.STORE,
     "wrong bytes": Verdict.VERIFIER,
+    "multipart unsigned Content-Type": Verdict.VERIFIER,
+    "multipart unsigned Content-Disposition": Verdict.VERIFIER,
 }
 
 
-@pytest.mark.parametrize("name, verdict", [pytest.param(n, v, id=n.replace(" ", "_")) for n, v in KNOWN.items()])
-def test_seaweedfs_rows(seaweed_report: tuple[Report, str], name: str, verdict: Verdict) -> None:
-    rows = {row.name: row for row in seaweed_report[0].rows}
-    assert rows[name].verdict is verdict, rows[name]
+@pytest.mark.parametrize("name", [pytest.param(n, id=n.replace(" ", "_")) for n in [*ALIKE, *DIFFERENT]])
+def test_rows_as_measured(store_report: tuple[Report, str], store: Any, name: str) -> None:
+    rows = {row.name: row for row in store_report[0].rows}
+    expected = ALIKE.get(name) or DIFFERENT[name][store.kind]
+    assert rows[name].verdict is expected, rows[name]
 
 
-def test_every_trial_gives_one_row_and_the_controls_pass(seaweed_report: tuple[Report, str]) -> None:
-    report = seaweed_report[0]
+def test_where_the_stores_differ(store_report: tuple[Report, str], store: Any) -> None:
+    """Unsigned x-amz-* headers on a signed multipart initiate: SeaweedFS refuses them, RGW 16.2 applies them;
+    an uncovered success_action_redirect: SeaweedFS follows it, RGW 16.2 refuses the form."""
+    rows = {row.name: row for row in store_report[0].rows}
+    on_rgw = store.kind == "rgw"
+    for name in ("multipart unsigned x-amz-meta-*", "multipart unsigned redirect location"):
+        assert rows[name].verdict is (Verdict.VERIFIER if on_rgw else Verdict.STORE), rows[name]
+    redirect = rows["uncovered success_action_redirect"]
+    assert (redirect.verdict is Verdict.STORE) == on_rgw, redirect
+    if on_rgw:
+        assert "403 AccessDenied" in redirect.observed
+
+
+def test_every_trial_gives_one_row_and_the_controls_pass(store_report: tuple[Report, str], store: Any) -> None:
+    report = store_report[0]
     assert [row.name for row in report.rows] == [trial.name for trial in TRIALS]
     rows = {row.name: row for row in report.rows}
     assert rows["control"].observed.startswith("stored")
     assert rows["multipart control"].observed == "completed"
-    assert "BadDigest" in rows["wrong x-amz-checksum-sha256"].observed
+    checksum = rows["wrong x-amz-checksum-sha256"].observed
+    assert ("BadDigest" in checksum) if store.kind == "seaweedfs" else ("wrong digest ALSO stored" in checksum)
     assert "EntityTooLarge" in rows["oversize"].observed
     # the multipart rows ran (not skipped because the control failed)
     assert all(not row.observed.startswith("not tried") for row in report.rows)
 
 
-def test_the_probe_cleans_up_everything_it_made(seaweed_report: tuple[Report, str], store: Any) -> None:
-    report, bucket = seaweed_report
+def test_the_probe_cleans_up_everything_it_made(store_report: tuple[Report, str], store: Any) -> None:
+    report, bucket = store_report
     assert report.prefix.startswith(DEFAULT_PREFIX) and report.prefix.endswith("/")
     assert report.deleted > 0 and report.aborted > 0
     assert report.left == () and report.cleanup_problems == ()

@@ -202,5 +202,8 @@ def handle(broker: Any, event: Any, context: Any = None) -> dict[str, Any]:
         call = Call(broker, HttpRequest("POST", "/"), broker.clock(),
                     RequestContext(request_id=str(getattr(context, "aws_request_id", "") or "-"),
                                    transport=f"lambda-{kind}"))
+        # error_response gives the body its request_id and the X-Request-Id header
         return to_event_response(broker.error_response(call, exc), "v1" if kind == "invalid" else kind)
-    return to_event_response(broker.handle(request, transport=f"lambda-{kind}"), kind)
+    invocation = getattr(context, "aws_request_id", None)  # the Lambda request id, in Lambda's own log lines
+    return to_event_response(broker.handle(request, transport=f"lambda-{kind}",
+                                           invocation=invocation if isinstance(invocation, str) else None), kind)

@@ -19,6 +19,8 @@ from broker.logs import log_event
 #: S3 keys are at most 1,024 bytes of UTF-8.
 MAX_KEY_BYTES = 1024
 _CREATED = "ObjectCreated:"
+#: ``eventSource`` of Ceph RGW's records (AWS: ``aws:s3``).
+CEPH_SOURCE = "ceph:s3"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ def decode_key(raw: str) -> str:
     return key
 
 
+def _raw_key(key: str) -> str:
+    """A key sent as stored (Ceph RGW); raises ValueError as decode_key does."""
+    if not key:
+        raise ValueError("the object key is empty")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ValueError(f"the object key is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
 def _record(record: Any) -> CreatedObject | str | None:
     """The created object of one record, None to ignore it, or why it is malformed."""
     if not isinstance(record, dict):
@@ -83,7 +94,8 @@ def _record(record: Any) -> CreatedObject | str | None:
     if not isinstance(raw_key, str):
         return "s3.object.key is not a string"
     try:
-        key = decode_key(raw_key)
+        # Ceph RGW's records carry the key as stored, not URL-encoded as AWS's do.
+        key = decode_key(raw_key) if record.get("eventSource") != CEPH_SOURCE else _raw_key(raw_key)
     except ValueError as exc:
         return f"s3.object.key: {exc}"
     etag = obj.get("eTag")

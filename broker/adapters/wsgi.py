@@ -22,6 +22,26 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 4
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
+def reason_phrase(response: HttpResponse) -> str:
+    """The HTTP/1.1 reason phrase: for an error with a JSON ``message``, that message.
+
+    Some clients show only the status line of a failed call (Uppy 6's Companion client shows
+    ``Companion request failed: <statusText>``), so the broker's reason goes there too, as
+    printable ASCII (anything else becomes ``?``), at most 400 characters. HTTP/2 has no
+    reason phrase; there the JSON body is the only place.
+    """
+    default = _REASONS.get(response.status, "Unknown")
+    if response.status < 400 or not response.body.startswith(b"{"):
+        return default
+    try:
+        message = json.loads(response.body).get("message")
+    except ValueError:
+        return default
+    if not isinstance(message, str) or not message.strip():
+        return default
+    return "".join(c if " " <= c <= "~" else "?" for c in message.strip())[:400]
+
+
 def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
     """Build an HttpRequest from a WSGI environ, reading at most ``max_body_bytes`` + 1 bytes.
 
@@ -110,7 +130,7 @@ class WsgiApp:
                     pass
             if response is None:
                 response = self.broker.handle(request, transport="wsgi")
-        status = f"{response.status} {_REASONS.get(response.status, 'Unknown')}"
+        status = f"{response.status} {reason_phrase(response)}"
         headers = list(response.headers.items())
         headers.append(("Content-Length", str(len(response.body))))
         start_response(status, headers)

@@ -7,6 +7,7 @@
 - ``schemas``: the JSON Schemas under ``schemas/``, each compiled once.
 - ``sources``: where rules come from (a file, text, an S3 object read through the store it
   is handed) and :class:`RulesProvider`, which re-reads them and keeps the last good set.
+- ``production``: what ``broker check --production`` and ``make package`` refuse to deploy.
 """
 from __future__ import annotations
 

@@ -6,15 +6,17 @@
 - :data:`CLIENT_CHECKS` on each client (with the owners of every API key hash and principal),
 - :data:`RULESET_CHECKS` on the whole set,
 
-in that order, rule by rule and client by client, so a file's problems are listed in the
-order they stand in it. Every problem names its JSON path and, inside a rule, the rule. A new
-check is one function added to one of these tables.
+in that order, rule by rule and client by client. Every problem names its JSON path and,
+inside a rule, the rule (the loader adds the line and column). A new check is one function
+added to one of these tables; a client check that judges the client's rules together is also
+named in :data:`NEEDS_EVERY_RULE`, so it is skipped when a rule of that client is already
+reported broken (it would only repeat that problem in other words).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from broker.core import keys
 from broker.core.callbacks import url_problem as callback_url_problem
@@ -111,7 +113,7 @@ def validate_default_profile(client: Client, owners: Owners) -> Iterator[Problem
     if client.default_profile is not None and client.default_profile not in client.rules:
         yield Problem(f"{client.path}.default_profile",
                       f"default_profile '{client.default_profile}' is not one of this client's "
-                      f"rules ({', '.join(client.rules)})")
+                      f"rules ({', '.join(client.rules)}){did_you_mean(client.default_profile, client.rules)}")
 
 
 def validate_identifiable(client: Client, owners: Owners) -> Iterator[Problem]:
@@ -163,6 +165,11 @@ CLIENT_CHECKS: tuple[Callable[[Client, Owners], Iterator[Problem]], ...] = (
     validate_default_profile, validate_identifiable, validate_unique_api_keys, validate_unique_principals,
     validate_quota_room, validate_callback,
 )
+
+NEEDS_EVERY_RULE: frozenset[Callable[[Client, Owners], Iterator[Problem]]] = frozenset({
+    validate_default_profile, validate_quota_room,
+})
+"""The client checks skipped for a client with a rule already reported broken (left out of ``client.rules``)."""
 
 
 # --------------------------------------------------------------------------- rule-set checks
@@ -217,6 +224,16 @@ RULESET_CHECKS: tuple[Callable[[Mapping[str, Client], str], Iterator[Problem]], 
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'max_bytes'?"`` for the choice closest to ``word``, or '' if none is close."""
+    import difflib  # only here: asked only when a rules file has a problem
+
+    choices = [str(c) for c in choices]
+    lowered = {c.lower(): c for c in choices}
+    close = [lowered[word.lower()]] if word.lower() in lowered else difflib.get_close_matches(word, choices, 1, 0.55)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def whole(number: Any) -> Any:

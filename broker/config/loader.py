@@ -2,32 +2,41 @@
 
 ``load_rules`` checks a rules document against ``schemas/rules.schema.json``, builds the
 values (:mod:`broker.models`), runs the small checks of :mod:`broker.config.checks`, and
-raises :class:`~broker.errors.RulesError` listing *every* problem with its JSON path and rule
-name. A ``.json`` file is read as strict JSON; anything else as YAML. A broker whose rules
-do not load issues nothing.
+raises :class:`~broker.errors.RulesError` listing *every* problem with its line and column,
+JSON path and rule name, in the order they stand in the file. A ``.json`` file is read as
+strict JSON; anything else as YAML. A key written twice in one mapping is refused (YAML and
+JSON would silently keep the last). A broker whose rules do not load issues nothing.
+
+Lines and columns are found only when there is a problem to place (:mod:`broker.config.where`):
+loading a good file costs nothing for them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from broker.config.schemas import json_path, validator
-from broker.config.checks import CLIENT_CHECKS, RULE_CHECKS, RULESET_CHECKS, Owners, RuleDraft, whole
-from broker.core.sizes import parse_size
+from broker.config.schemas import json_path, pattern_words, property_names, validator
+from broker.config.checks import (CLIENT_CHECKS, NEEDS_EVERY_RULE, RULE_CHECKS, RULESET_CHECKS, Owners, RuleDraft,
+                                  did_you_mean, whole)
+from broker.core.sizes import SIZE_WORDS, parse_size
 from broker.errors import Problem, RulesError
 from broker.fast.limits import within_limits
 from broker.models import Client, Encryption, Quota, Rule, RuleSet
+
+if TYPE_CHECKING:
+    from broker.config.where import Tree
 
 RULE_DEFAULTS: dict[str, Any] = {
     "key": "uploads/{client}/{profile}/{date}/{uuid}{ext}",
     "min_bytes": 1,
     "expires_in": 300,
-    "acl": "private",
 }
 
 
@@ -56,7 +65,7 @@ def load_rules(text: str | bytes, *, source: str = "<rules>") -> RuleSet:
 
 def _load_rules(text: str | bytes, source: str) -> RuleSet:
     json_file = source.lower().endswith(".json")
-    doc = _load_json(text, source) if json_file else _load_yaml(text, source)
+    doc, tree = _load_json(text, source) if json_file else _load_yaml(text, source)
     if not isinstance(doc, dict):
         form = "JSON object" if json_file else "YAML mapping"
         raise RulesError(source, [Problem("$", f"the rules file must be a {form} "
@@ -69,22 +78,80 @@ def _load_rules(text: str | bytes, source: str) -> RuleSet:
     ruleset, semantic = _build(doc, source, broken)
     problems.extend(semantic)
     if problems:
-        raise RulesError(source, problems)
+        raise RulesError(source, _placed(problems, tree()))
     assert ruleset is not None
     return ruleset
+
+
+def _placed(problems: list[Problem], tree: Tree) -> list[Problem]:
+    """The problems with their line and column, in the order they stand in the file.
+
+    A rule's field that the rule takes from ``defaults`` is placed there; anything else not
+    written in the file (a built-in default) at the nearest place that is.
+    """
+    where = _where()
+    placed = []
+    for problem in problems:
+        place = where.locate(tree, problem.path, exact=True)
+        inherited = _RULE_FIELD.search(problem.path) if place is None else None
+        if inherited:
+            place = where.locate(tree, f"$.defaults.{inherited.group(1)}", exact=True)
+        line, column = place or where.locate(tree, problem.path)  # type: ignore[misc]
+        placed.append(dataclasses.replace(problem, line=line, column=column))
+    return sorted(placed, key=lambda p: (p.line, p.column))  # stable: one place keeps the check order
+
+
+_RULE_FIELD = re.compile(r"^\$\.clients\..+\.rules\[[0-9]+\]\.(.+)$")
+
+
+def _duplicate_problem(path: str, key: Any, first: tuple[int, int], again: tuple[int, int]) -> Problem:
+    """A key written twice: both places, and what to do instead."""
+    if key == "api_key_sha256":
+        fix = ("list every key of the client under one api_key_sha256 (`broker hash-key --client ID` prints "
+               "the client's list with a new key added)")
+    elif path == "$.clients":
+        fix = f"two clients are named '{key}' (a block pasted twice?): rename one or remove it"
+    else:
+        fix = "remove one, or merge the two"
+    return Problem(f"{path}.{key}" if isinstance(key, str) else path,
+                   f"{key!r} is written twice in this mapping (first at line {first[0]}, column {first[1]}): "
+                   f"only the last would count, silently; {fix}", line=again[0], column=again[1])
 
 
 _JSON_HINT = ("a .json rules file must be strict JSON: double-quoted names and strings, no trailing "
               "commas, no comments (or name it .yaml to write YAML)")
 
 
-def _load_json(text: str | bytes, source: str) -> Any:
+class _DuplicateKey(Exception):
+    """A JSON object with a key written twice (positions are found afterwards)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise _DuplicateKey
+    return mapping
+
+
+def _load_json(text: str | bytes, source: str) -> tuple[Any, Callable[[], Tree]]:
     if isinstance(text, str) and text.startswith("\ufeff"):
         text = text[1:]  # json.loads refuses a BOM in str (it skips one in bytes)
     try:
-        return json.loads(text)
+        return _parse_json(text, source, unique=True), lambda: _where().JsonTree(text)
+    except _DuplicateKey:
+        _parse_json(text, source, unique=False)  # any other problem of the text comes first
+    where = _where()
+    found = where.duplicate_keys(where.JsonTree(text))
+    raise RulesError(source, [_duplicate_problem(*dup) for dup in found])
+
+
+def _parse_json(text: str | bytes, source: str, *, unique: bool) -> Any:
+    line = column = None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs) if unique else json.loads(text)
     except json.JSONDecodeError as exc:
-        problem = f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; {_JSON_HINT}"
+        line, column = exc.lineno, exc.colno
+        problem = f"not valid JSON: {exc.msg}; {_JSON_HINT}"
     except UnicodeDecodeError as exc:
         problem = (f"not valid JSON: the text cannot be decoded ({exc.reason} at byte {exc.start}); "
                    "save it as UTF-8")
@@ -92,25 +159,45 @@ def _load_json(text: str | bytes, source: str) -> Any:
         problem = f"the rules nest more than {MAX_RULES_DEPTH} levels deep"
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         problem = f"not valid JSON: {exc}"
-    raise RulesError(source, [Problem("$", problem)])
+    raise RulesError(source, [Problem("$", problem, line=line, column=column)])
 
 
-def _load_yaml(text: str | bytes, source: str) -> Any:
+def _load_yaml(text: str | bytes, source: str) -> tuple[Any, Callable[[], Tree]]:
     import yaml  # only here: rules written as JSON never need PyYAML (~30 ms of a cold start)
 
-    from broker.fast.yamlload import Loader
+    from broker.fast.yamlload import DuplicateKeyError, Loader
 
+    loader = Loader(text)
     try:
-        return yaml.load(text, Loader=Loader)
+        doc = loader.get_single_data()
+    except DuplicateKeyError as exc:
+        where = _where()
+        tree = where.YamlTree(loader.root)
+        problems = []
+        for dup in exc.duplicates:
+            problems.append(_duplicate_problem(where.path_of(tree, dup.mapping) or "$", dup.key,
+                                               (dup.first.line + 1, dup.first.column + 1),
+                                               (dup.again.line + 1, dup.again.column + 1)))
+        raise RulesError(source, problems) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RulesError(source, [Problem("$", f"not valid YAML at {where}: {problem}")]) from None
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        raise RulesError(source, [Problem("$", f"not valid YAML: {problem}", line=line, column=column)]) from None
     except (ValueError, KeyError, AttributeError, TypeError) as exc:  # PyYAML's converters: 0x_, !!bool maybe
         raise RulesError(source, [Problem("$", f"not valid YAML: a tagged or number-like value cannot be "
                                                f"converted ({type(exc).__name__}: {exc}); quote it if "
                                                "it is meant as text")]) from None
+    finally:
+        loader.dispose()
+    root = loader.root
+    return doc, lambda: _where().YamlTree(root)
+
+
+def _where() -> Any:
+    import broker.config.where  # only when a problem is to be placed (not on a good file's path)
+
+    return broker.config.where
 
 
 # Far above any real rules file. Past them the validator would recurse out of the stack
@@ -156,27 +243,45 @@ def _rule_name_at(doc: Any, parts: list[Any]) -> str | None:
 
 
 def _schema_problems(doc: Any) -> list[Problem]:
-    errors = list(validator("rules").iter_errors(doc))
-    # When a property of a rule is invalid, unevaluatedProperties also flags every sibling
-    # (they count as "unevaluated"); drop that noise where a real error explains it.
-    real = [list(e.absolute_path) for e in errors if e.validator != "unevaluatedProperties"]
     problems = []
-    for err in errors:
+    for err in validator("rules").iter_errors(doc):
         parts = list(err.absolute_path)
-        if err.validator == "unevaluatedProperties" and any(r[:len(parts)] == parts for r in real):
+        rule = _rule_name_at(doc, parts)
+        if err.validator in ("unevaluatedProperties", "additionalProperties"):
+            # Each unknown field on its own, at its own line. unevaluatedProperties also names every
+            # known sibling of an invalid field (they count as "unevaluated"): those are left out.
+            known = property_names(err.schema, validator("rules").schema)
+            for name in err.instance:
+                if name not in known:
+                    problems.append(Problem(json_path([*parts, name]), _unknown_field(name, known), rule))
             continue
-        problems.append(Problem(json_path(parts), _schema_message(err), _rule_name_at(doc, parts)))
+        if "propertyNames" in err.schema_path:  # a mapping key, not a value: point at the key
+            parts.append(err.instance)
+        problems.append(Problem(json_path(parts), _schema_message(err, parts), rule))
     return sorted(problems, key=lambda p: p.path)
 
 
-def _schema_message(err: Any) -> str:
-    """jsonschema's message, made shorter and clearer for the common cases."""
-    if err.validator == "unevaluatedProperties" or err.validator == "additionalProperties":
-        return f"unknown field(s): {err.message.split('(')[-1].rstrip(')')}"
+def _unknown_field(name: Any, known: set[str]) -> str:
+    """"unknown field 'max_byte'; did you mean 'max_bytes'?" (or the fields this place takes)."""
+    hint = did_you_mean(str(name), known) or f"; the fields here are: {', '.join(sorted(known))}"
+    return f"unknown field {name!r}{hint}"
+
+
+def _schema_message(err: Any, parts: list[Any]) -> str:
+    """jsonschema's message, in the words of a rules file: no regular expressions."""
     if err.validator == "pattern" and isinstance(err.instance, str):
-        return f"{err.instance!r} does not match the expected form {err.validator_value}"
+        what = "the name" if "propertyNames" in err.schema_path else "the value"
+        if parts[:1] == ["clients"] and len(parts) == 2 and "propertyNames" in err.schema_path:
+            what = "the client id"
+        return f"{what} {err.instance!r} is not {pattern_words(err.validator_value)}"
     if err.validator == "oneOf" and str(err.schema.get("description", "")).startswith("Bytes"):
-        return f"{err.instance!r} is not a size such as 1048576, '5 MB' or '5 MiB'"
+        return f"{err.instance!r} is not {SIZE_WORDS}"
+    if err.validator == "enum" and isinstance(err.instance, str):
+        choices = [c for c in err.validator_value if isinstance(c, str)]
+        return (f"{err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+                f"{did_you_mean(err.instance, choices)}")
+    if err.validator == "required":
+        return f"{err.message.split(' is a required')[0]} is required here"
     return err.message
 
 
@@ -222,9 +327,11 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
                 any(not b.startswith(f"{cpath}.rules[") for b in mine):
             continue
         rules: dict[str, Rule] = {}
+        incomplete = False  # a rule left out: checks of the client's rules together would mislead
         for i, rdoc in enumerate(cdoc["rules"]):
             rpath = f"{cpath}.rules[{i}]"
             if mine and _inside(rpath, mine):
+                incomplete = True
                 continue
             name = rdoc["name"]
             if name in rules:
@@ -247,7 +354,8 @@ def _build(doc: dict[str, Any], source: str, broken: set[str]) -> tuple[RuleSet 
         for j, principal in enumerate(client.principals):
             principals.setdefault(principal, (cid, f"{cpath}.principals[{j}]"))
         for client_check in CLIENT_CHECKS:
-            problems.extend(client_check(client, owners))
+            if not (incomplete and client_check in NEEDS_EVERY_RULE):
+                problems.extend(client_check(client, owners))
         clients[cid] = client
     quarantine = doc.get("quarantine_prefix", "quarantine/")
     for set_check in RULESET_CHECKS:
@@ -281,7 +389,7 @@ def _build_rule(cid: str, r: dict[str, Any], bucket: str, region: str, max_expir
         min_bytes=sizes["min_bytes"] or 0, max_bytes=sizes["max_bytes"] or 0,
         content_types=tuple([t.lower() for t in r.get("content_types", ())]),
         expires_in=min(whole(r["expires_in"]), max_expires), extensions=tuple(r.get("extensions", ())),
-        acl=r["acl"], cache_control=r.get("cache_control"), content_disposition=r.get("content_disposition"),
+        acl=r.get("acl"), cache_control=r.get("cache_control"), content_disposition=r.get("content_disposition"),
         encryption=encryption, storage_class=r.get("storage_class"),
         metadata=dict(r.get("metadata", {})), client_metadata=tuple(r.get("client_metadata", ())),
         success_action_status=None if status is None else str(whole(status)),

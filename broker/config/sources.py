@@ -3,18 +3,22 @@
 Sources: a file (:class:`FileSource`), text (:class:`StaticSource`), an S3 object
 (:class:`S3Source`, reading through the store it is handed). A source's ``fetch(token)`` returns ``(ruleset, token)``, or ``(None, token)`` when the
 rules have not changed since ``token``. :class:`RulesProvider` polls its source at most
-every ``reload_seconds`` and swaps rules only when the new file validates.
+every ``reload_seconds`` and swaps rules only when the new file validates; each swap is logged
+(``rules_loaded``) with what changed, counted as ``broker diff`` counts it (:func:`change_summary`).
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from broker.config.loader import load_rules, load_rules_file
+from broker.core import rulesdiff
 from broker.errors import BrokerError, ConfigError, Problem, RulesError, RulesUnavailable, StoreUnavailable
 from broker.logs import log_event
+from broker.timefmt import iso_z
 from broker.models import RuleSet
 
 
@@ -115,12 +119,31 @@ class S3Source:
         return RulesError(self.name, [Problem("$", message)])
 
 
+def change_summary(previous: RuleSet | None, rules: RuleSet) -> dict[str, Any] | None:
+    """What a reload changed, counted as ``broker diff`` counts it (None for the first load).
+
+    Computed only when new rules are swapped in, never per request. A failure to compare is
+    reported in the summary and never stops the reload: the new rules already validated.
+    """
+    if previous is None:
+        return None
+    try:
+        return rulesdiff.summary(rulesdiff.diff(previous, rules))
+    except Exception as exc:  # the comparison only informs; the rules in force are what matter
+        return {"error": f"could not compare the rules: {type(exc).__name__}: {exc}"}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class RulesProvider:
     """The current rules, re-checked at most every ``reload_seconds``; last good rules win."""
 
     def __init__(self, source: RulesSource, *, reload_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 log: Callable[..., None] = log_event) -> None:
+                 log: Callable[..., None] = log_event,
+                 wall: Callable[[], datetime] = _utcnow) -> None:
         self._source = source
         self._reload = reload_seconds
         self._clock = clock
@@ -129,7 +152,14 @@ class RulesProvider:
         self._rules: RuleSet | None = None
         self._token: Any = None
         self._checked_at = float("-inf")
+        self._wall = wall
         self.last_error: BrokerError | Exception | None = None
+        # What GET /health reports: whether the rules in force are the latest the source has.
+        self.loaded_at: datetime | None = None  # when the rules in force were loaded
+        self.failing_since: datetime | None = None  # the first failed reload since the last good one
+        self.failures = 0  # failed reloads since the last good one (or the start)
+        #: Called with the exception of every failed reload (``broker.metrics.install`` counts them).
+        self.on_reload_failed: Callable[[BaseException], None] | None = None
 
     @property
     def source(self) -> str:
@@ -149,17 +179,47 @@ class RulesProvider:
                 self._log("rules_reload_failed", source=self.source,
                           error=str(exc), kept=self._rules.digest if self._rules else None)
             self.last_error = exc
+            self.failures += 1
+            if self.failing_since is None:
+                self.failing_since = self._wall()
+            if self.on_reload_failed is not None:
+                try:
+                    self.on_reload_failed(exc)
+                except Exception:  # noqa: BLE001 - counting never stops the rules in force
+                    pass
             self._checked_at = self._clock()  # stamped once the outcome is in force, not before
             return self._rules
         if rules is not None:
             previous = self._rules
             self._rules = rules
             self.last_error = None
+            self.loaded_at = self._wall()
             self._log("rules_loaded", source=self.source, digest=rules.digest,
                       clients=len(rules.clients),
-                      replaced=previous.digest if previous else None)
+                      replaced=previous.digest if previous else None,
+                      changes=change_summary(previous, rules))
+        else:
+            self.last_error = None  # the source answers again, and it still holds the rules in force
+        self.failures, self.failing_since = 0, None
         self._checked_at = self._clock()
         return self._rules
+
+    def status(self) -> dict[str, Any]:
+        """Whether the rules in force are the latest (``GET /health``): cheap, reads no source.
+
+        ``reload_error`` is the error code of the last reload when it failed (the operator's log
+        has its words; a health check is public); ``failing_since`` when reloads began to fail.
+        """
+        rules, error, since = self._rules, self.last_error, self.failing_since
+        return {
+            "source": self.source,
+            "rules": rules.digest if rules is not None else None,
+            "loaded_at": iso_z(self.loaded_at) if self.loaded_at is not None else None,
+            "reload_error": None if error is None else
+            error.code if isinstance(error, BrokerError) else "reload_failed",
+            "failing_since": iso_z(since) if since is not None and error is not None else None,
+            "failed_reloads": self.failures,
+        }
 
     def current(self) -> RuleSet:
         """The rules in force; raises ``RulesUnavailable`` if none ever loaded (fail closed)."""

@@ -207,7 +207,9 @@ def checksum_base64(sha256: str | None) -> str | None:
 def object_fields(rule: Rule, content_type: str, filename: str,
                   metadata: Mapping[str, str], checksum: str | None = None) -> dict[str, str]:
     """The form fields (besides key/policy/signature) that S3 applies to the object."""
-    fields = {"Content-Type": content_type, "acl": rule.acl}
+    fields = {"Content-Type": content_type}
+    if rule.acl is not None:  # no acl field by default: buckets with ACLs disabled refuse most
+        fields["acl"] = rule.acl
     if rule.cache_control:
         fields["Cache-Control"] = rule.cache_control
     if rule.content_disposition:

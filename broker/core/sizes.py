@@ -3,22 +3,29 @@ from __future__ import annotations
 
 import re
 
-_UNITS = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KiB": 1024, "kiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kKMGT]i?B|B)$")
+# Units in any case ('5 mb' is 5 MB): nobody writing a rules file means millibits.
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b)$", re.IGNORECASE)
+SIZE_WORDS = ("a size such as 1048576 (bytes), '5 MB' or '5 MiB' (units B, kB, MB, GB, TB in powers of 1000, "
+              "KiB, MiB, GiB, TiB in powers of 1024; any case)")
 
 
 def parse_size(value: int | float | str) -> int:
-    """Bytes from an int or a string such as ``'5 MB'`` (decimal) or ``'5 MiB'`` (binary)."""
+    """Bytes from an int or a string such as ``'5 MB'`` (decimal) or ``'5 MiB'`` (binary), units in any case.
+
+    A fraction is exact (``'4.35 MB'`` is 4350000, not 4349999) and rounded down to a whole byte.
+    """
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():  # 5e6 or 1000.0: JSON Schema's integers too
         return int(value)
-    match = _SIZE.match(value.strip())
+    match = _SIZE.match(value.strip()) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"{value!r} is not a size such as 1048576, '5 MB' or '5 MiB'")
+        raise ValueError(f"{value!r} is not {SIZE_WORDS}")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit])
+    whole, _, fraction = number.partition(".")
+    return int(whole + fraction) * _UNITS[unit.lower()] // 10 ** len(fraction)
 
 
 def human_size(n: int) -> str:

@@ -7,7 +7,7 @@ broker's role needs exactly what the forms it signs can do, and nothing else:
 action                          granted on / when
 =============================  ===================================================
 ``s3:PutObject``                every rule's key prefix (``bucket/prefix*``)
-``s3:PutObjectAcl``             prefixes of rules whose ``acl`` is not ``private``
+``s3:PutObjectAcl``             prefixes of rules with an ``acl`` other than ``private``
 ``s3:PutObjectTagging``         prefixes of rules that set tags (no rule can yet)
 ``s3:AbortMultipartUpload``,    prefixes of rules with ``multipart: true``
 ``s3:ListMultipartUploadParts``
@@ -177,7 +177,7 @@ def policy_document(ruleset: RuleSet, *, rules_location: str | None = None,
         ("VerifyAndRemoveRefusedUploads", ["s3:DeleteObject", "s3:GetObject"],
          rules if verify_uploads else []),
         ("PutObjectsUnderRulePrefixes", ["s3:PutObject"], rules),
-        ("SetNonPrivateAcls", ["s3:PutObjectAcl"], [r for r in rules if r.acl != "private"]),
+        ("SetNonPrivateAcls", ["s3:PutObjectAcl"], [r for r in rules if r.acl not in (None, "private")]),
         ("TagUploads", ["s3:PutObjectTagging"], [r for r in rules if _uses_tagging(r)]),
         ("ManageMultipartUploads", ["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
          [r for r in rules if r.multipart]),

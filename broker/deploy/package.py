@@ -8,6 +8,12 @@ of the target version is at hand (Lambda's ``/var/task`` is read-only, so Python
 cache it there). Writes ``build/template.yaml`` with the generated blocks filled from the
 same rules and ``CodeUri: lambda.zip``, ready for ``sam deploy``.
 
+The rules must be fit for production first (``broker check --production``, module
+:mod:`broker.config.production`): no demo API keys, no ``http://`` or ``*`` origins, no
+identity the stack's authentication mode (``--auth``, ``make package STACK_AUTH=jwt``) cannot
+produce. ``--allow-demo`` (``make package ALLOW_DEMO=1``) packages them anyway, for a trial
+stack only, with every refusal printed as a warning.
+
 The zip is reproducible: entries sorted, fixed timestamps and modes.
 """
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Built:
     size: int
     sha256: str
     bytecode: bool
+    warnings: tuple[str, ...] = ()  # production refusals let through by allow_demo
 
 
 def requirement_lines(path: Path, *, with_boto3: bool) -> list[str]:
@@ -128,16 +135,35 @@ def write_zip(staging: Path, zip_path: Path) -> tuple[int, int]:
 
 def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
           platform: str = LAMBDA_PLATFORM, with_boto3: bool = True,
-          bytecode_python: str | None = None, template: Path = ROOT / "template.yaml") -> Built:
-    """Build the Lambda zip and the rendered template for ``rules`` into ``out``."""
-    from broker.config import load_rules_file
+          bytecode_python: str | None = None, template: Path = ROOT / "template.yaml",
+          auth: str = "api-key", allow_demo: bool = False) -> Built:
+    """Build the Lambda zip and the rendered template for ``rules`` into ``out``.
+
+    Refuses rules unfit for a stack with ``auth`` (see the module docstring) unless
+    ``allow_demo``, which returns the refusals as ``Built.warnings`` instead.
+    """
+    from broker.config import load_rules_file, production
     from broker.errors import RulesError
-    from broker.deploy.template import set_code_uri, update_template
+    from broker.deploy.cors import CorsError
+    from broker.deploy.template import TemplateError, set_code_uri, update_template
 
     try:
         ruleset = load_rules_file(rules)
     except RulesError as exc:
         raise PackageError(f"refusing to package rules that do not load:\n{exc.message}") from None
+    refused = [r.words(str(rules)) for r in production.refusals(
+        ruleset, auth=auth, lines=production.line_index(rules.read_bytes()))]
+    if refused and not allow_demo:
+        raise PackageError(
+            f"refusing to package rules that are not fit for production (--auth {auth}):\n"
+            + "\n".join(f"  - {r}" for r in refused)
+            + "\nfix them (the same list: broker check --production --auth " + auth + " " + str(rules)
+            + "), or, for a trial stack nobody relies on, package them anyway with --allow-demo "
+              "(make package ALLOW_DEMO=1)")
+    try:  # before the slow part: the template refuses ACLs its bucket refuses, and rules without origins
+        rendered = set_code_uri(update_template(template.read_text(), ruleset), "lambda.zip")
+    except (TemplateError, CorsError) as exc:
+        raise PackageError(f"refusing to package rules the stack cannot serve:\n{exc}") from None
     staging = out / "lambda"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -156,11 +182,10 @@ def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
             raise PackageError(f"compiling bytecode failed:\n{proc.stdout}{proc.stderr}")
     zip_path = out / "lambda.zip"
     files, size = write_zip(staging, zip_path)
-    rendered = set_code_uri(update_template(template.read_text(), ruleset), "lambda.zip")
     template_path = out / "template.yaml"
     template_path.write_text(rendered)
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
-    return Built(zip_path, template_path, files, size, digest, compiler is not None)
+    return Built(zip_path, template_path, files, size, digest, compiler is not None, tuple(refused))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,14 +202,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="use the Lambda runtime's boto3 instead of the pinned one")
     parser.add_argument("--bytecode-python", help="interpreter of the target version to compile bytecode "
                                                   "with (default: this one or pythonX.Y on PATH)")
+    parser.add_argument("--auth", choices=["api-key", "jwt", "lambda"], default="api-key",
+                        help="how the stack recognises callers (as broker check --production --auth): api-key "
+                             "(JwtIssuer and LambdaAuthorizerArn empty), jwt (JwtIssuer set) or lambda "
+                             "(LambdaAuthorizerArn set); default: api-key")
+    parser.add_argument("--allow-demo", action="store_true",
+                        help="package rules that broker check --production refuses (demo API keys, http:// "
+                             "origins, ...), each printed as a warning: for a trial stack nobody relies on")
     args = parser.parse_args(argv)
     try:
         built = build(rules=Path(args.rules), out=Path(args.out), python_version=args.python_version,
                       platform=args.platform, with_boto3=not args.without_boto3,
-                      bytecode_python=args.bytecode_python)
+                      bytecode_python=args.bytecode_python, auth=args.auth, allow_demo=args.allow_demo)
     except PackageError as exc:
         print(f"make package: {exc}", file=sys.stderr)
         return 2
+    if built.warnings:
+        print("=" * 78 + f"\nWARNING: --allow-demo: these rules are NOT fit for production, packaged anyway "
+              f"({len(built.warnings)} refusal(s) let through):", file=sys.stderr)
+        for warning in built.warnings:
+            print(f"  - {warning}", file=sys.stderr)
+        print("Deploy this package only to a trial stack nobody relies on.\n" + "=" * 78, file=sys.stderr)
     print(f"{built.zip_path}: {built.files} files, {built.size / 1e6:.1f} MB, sha256 {built.sha256[:16]}")
     if not built.bytecode:
         print(f"  no Python {args.python_version} here, so no bytecode was compiled (cold starts "

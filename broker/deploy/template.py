@@ -7,9 +7,14 @@
     # END GENERATED signer-policy
 
 :func:`update_template` replaces each block with what the rules produce (the signer's and
-the verifier's IAM policies, the bucket's CORS rule, its notifications to the verifier, the
-quarantine's lifecycle rule, the parameter defaults), keeping everything else, comments
-included. A test checks that the committed template is what ``rules.yaml`` produces.
+the verifier's IAM policies, the bucket's and the API's CORS origins, the bucket's
+notifications to the verifier, the quarantine's lifecycle rule, the bucket name), keeping
+everything else, comments included. A test checks that the committed template is what
+``rules.yaml`` produces.
+
+The rules' ``cors.allowed_origins`` are the one source of the origins: they are written into
+the bucket's CORS rule and the HTTP API's CORS configuration (API Gateway answers CORS itself
+and replaces the function's CORS headers), and no stack parameter can override them.
 """
 from __future__ import annotations
 
@@ -92,8 +97,8 @@ def quarantine_lifecycle_block(ruleset: RuleSet) -> list[str]:
 
 
 def bucket_cors_block(ruleset: RuleSet) -> list[str]:
-    """``CorsRules:`` for the upload bucket; origins come from the ``AllowedOrigins`` parameter."""
-    rule = {**cors_rule(ruleset, ruleset.bucket), "AllowedOrigins": {"Ref": "AllowedOrigins"}}
+    """``CorsRules:`` for the upload bucket, the rules' origins included."""
+    rule = cors_rule(ruleset, ruleset.bucket)
     # CloudFormation spells two keys differently from the S3 API.
     cfn_names = {"ExposeHeaders": "ExposedHeaders", "MaxAgeSeconds": "MaxAge", "ID": "Id"}
     return _json_block("CorsRules", [{cfn_names.get(k, k): v for k, v in rule.items()}])
@@ -111,9 +116,10 @@ def bucket_assertion_block(ruleset: RuleSet) -> list[str]:
             "signs for; change bucket in rules.yaml and run make package to use another"]
 
 
-def origins_default_block(ruleset: RuleSet) -> list[str]:
-    """The ``AllowedOrigins`` parameter's default: the rules' CORS origins."""
-    return [f"Default: {json.dumps(','.join(ruleset.cors_origins))}"]
+def api_origins_block(ruleset: RuleSet) -> list[str]:
+    """``AllowOrigins:`` of the HTTP API's CORS configuration: the rules' origins."""
+    cors_rule(ruleset, ruleset.bucket)  # the same refusal as the bucket's when the rules list none
+    return [f"AllowOrigins: {json.dumps(list(ruleset.cors_origins))}"]
 
 
 BLOCKS: dict[str, Callable[[RuleSet], list[str]]] = {
@@ -124,12 +130,32 @@ BLOCKS: dict[str, Callable[[RuleSet], list[str]]] = {
     "bucket-cors": bucket_cors_block,
     "bucket-default": bucket_default_block,
     "bucket-assertion": bucket_assertion_block,
-    "origins-default": origins_default_block,
+    "api-origins": api_origins_block,
 }
+
+
+#: The only canned ACL a bucket with ACLs disabled (the stack's, ``BucketOwnerEnforced``) accepts.
+ACL_ON_OWNER_ENFORCED = "bucket-owner-full-control"
+
+
+def acl_refusals(ruleset: RuleSet) -> list[str]:
+    """Why S3 would refuse the uploads of rules for the stack's bucket, whose ACLs are disabled.
+
+    Such a bucket answers ``400 AccessControlListNotSupported`` to any ACL but
+    ``bucket-owner-full-control``; a rule without ``acl`` signs none.
+    """
+    return [f"{rule.path}.acl: '{rule.acl}' on bucket '{rule.bucket}', whose ACLs are disabled "
+            f"(BucketOwnerEnforced): S3 would refuse every upload; remove acl from the rule "
+            f"(and from defaults), or use {ACL_ON_OWNER_ENFORCED}"
+            for client in ruleset.clients.values() for rule in client.rules.values()
+            if rule.bucket == ruleset.bucket and rule.acl not in (None, ACL_ON_OWNER_ENFORCED)]
 
 
 def update_template(text: str, ruleset: RuleSet) -> str:
     """``text`` with every generated block re-rendered from ``ruleset``; raises ``TemplateError``."""
+    refusals = acl_refusals(ruleset)
+    if refusals:
+        raise TemplateError("the rules set ACLs the stack's bucket refuses:\n  " + "\n  ".join(refusals))
     lines = text.splitlines()
     out: list[str] = []
     seen: set[str] = set()

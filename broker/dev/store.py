@@ -346,6 +346,9 @@ NOTIFICATION_FILE = "notification.toml"
 class Store:
     """A running (or startable) SeaweedFS ``weed mini`` process serving S3 on config.s3_port."""
 
+    kind = "seaweedfs"
+    name = "SeaweedFS"
+
     def __init__(
         self,
         config: StoreConfig,

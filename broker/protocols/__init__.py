@@ -4,8 +4,9 @@
 - ``fineuploader``: Fine Uploader S3's v4 signature and upload-success endpoints (``/fineuploader/*``)
 - ``companion``: Uppy AwsS3's Companion protocol (``/s3/params``, ``/s3/multipart/*``)
 - ``sessions``: ``POST /sessions``, session tokens an app backend mints for its users' browsers
-- ``verification``: SeaweedFS's object events in, verdicts and grant status out (``/events/seaweedfs``,
-  ``/uploads/verdict``, ``/uploads/{grant_id}``)
+- ``limits``: ``GET /limits``, each profile the caller may use and its limits (Uppy's ``restrictions``)
+- ``verification``: stores' object events in, verdicts and grant status out (``/events/seaweedfs``,
+  ``/events/s3``, ``/uploads/verdict``, ``/uploads/{grant_id}``)
 
 ``native`` registers its routes itself. The others are listed in :data:`ROUTES` and their
 modules (with the SigV4 and policy checkers behind them, ~30 ms of imports) are loaded on
@@ -42,8 +43,12 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
     "sessions": (
         ("POST", "/sessions"),
     ),
+    "limits": (
+        ("GET", "/limits"),
+    ),
     "verification": (
         ("POST", "/events/seaweedfs"),
+        ("POST", "/events/s3"),
         ("GET", "/uploads/verdict"),
         ("GET", "/uploads/{grant_id}"),
     ),
@@ -51,7 +56,7 @@ ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 #: Routes whose requests may be larger than ``BROKER_MAX_BODY_BYTES`` (a filer event lists every chunk).
-BODY_LIMITS = {"/events/seaweedfs": 4 * 1024 * 1024}
+BODY_LIMITS = {"/events/seaweedfs": 4 * 1024 * 1024, "/events/s3": 4 * 1024 * 1024}
 
 
 def register_all(broker: "Broker") -> None:

@@ -1,11 +1,12 @@
 """The broker's own JSON API: ``POST /uploads`` -> presigned POST form."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.config import schemas
 from broker.core.grants import grant_id_for
-from broker.errors import InvalidRequest
+from broker.errors import InvalidRequest, NotFound
 from broker.models import Decision, SignedPost, UploadRequest
 from broker.core.sizes import human_size
 from broker.timefmt import iso_z
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
 
 
 def register(broker: "Broker") -> None:
-    """Add ``POST /uploads`` and ``GET /health``."""
+    """Add ``POST /uploads``, ``GET /health`` and ``GET /openapi.yaml``."""
     broker.router.add("POST", "/uploads", create_upload)
     broker.router.add("GET", "/health", health)
+    broker.router.add("GET", "/openapi.yaml", openapi)
 
 
 def parse_upload_request(body: Any) -> UploadRequest:
@@ -109,12 +111,49 @@ def denial_headers(decision: Decision) -> dict[str, str]:
 
 
 def health(call: "Call") -> HttpResponse:
-    """Liveness and whether rules are loaded (no secrets, no client list)."""
+    """Whether the broker can issue, under the latest rules (no secrets, no client list; the source is
+    read only when a check is due, as for any request).
+
+    200 ``ok``: the rules in force are the latest the source holds. 503 ``degraded``: the last
+    reload failed, so the broker still issues under the last good rules but an operator's
+    change is not in force (a load balancer takes it out; the log and ``RulesReloadFailed``
+    say why). 503 ``unavailable``: no rules ever loaded, nothing is issued.
+    """
     provider = call.broker.rules
     try:
-        ruleset = provider.current()
+        provider.current()  # re-checks the source when a check is due, as a request would
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
         return HttpResponse.json(503, {"status": "unavailable", "error": "rules_unavailable",
-                                       "message": str(exc)})
-    return HttpResponse.json(200, {"status": "ok", "rules": ruleset.digest,
-                                   "reload_error": provider.last_error is not None})
+                                       "message": str(exc), **_rules_state(provider),
+                                       "request_id": call.context.request_id})
+    state = _rules_state(provider)
+    if state["reload_error"] is None:
+        return HttpResponse.json(200, {"status": "ok", **state})
+    return HttpResponse.json(503, {
+        "status": "degraded", "error": "rules_stale",
+        "message": f"the rules could not be reloaded ({state['reload_error']}) since {state['failing_since']}; "
+                   f"the last good rules ({state['rules']}) are still in force, so a change may not be; "
+                   "the broker's log (rules_reload_failed) says why",
+        **state, "request_id": call.context.request_id,
+    })
+
+
+def _rules_state(provider: Any) -> dict[str, Any]:
+    state = dict(provider.status())
+    state.pop("source", None)  # where the rules live is the operator's business, not the public's
+    return state
+
+
+OPENAPI = Path(__file__).resolve().parent.parent.parent / "schemas" / "openapi.yaml"
+_openapi: list[bytes] = []  # the document's bytes, read on the first request for it
+
+
+def openapi(call: "Call") -> HttpResponse:
+    """The broker's OpenAPI document (``schemas/openapi.yaml``), as it ships."""
+    if not _openapi:
+        try:
+            _openapi.append(OPENAPI.read_bytes())
+        except OSError as exc:
+            raise NotFound(f"the OpenAPI document is not installed with this broker ({exc.strerror})") from None
+    return HttpResponse(200, _openapi[0], {"Content-Type": "application/yaml", "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})

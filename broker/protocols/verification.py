@@ -3,6 +3,9 @@
 - ``POST /events/seaweedfs``: SeaweedFS's ``[notification.webhook]`` posts each filer event here
   (``Authorization: Bearer $BROKER_EVENTS_TOKEN``); every object created under a bucket is
   verified at once (:mod:`broker.verifier`). Without a token configured the route does not exist.
+- ``POST /events/s3``: S3 event notification records (``{"Records": [...]}``) as a store posts them to
+  an HTTP endpoint (Ceph RGW's topic ``push-endpoint``, which cannot add a header: the token comes
+  as ``?token=``, or as ``Authorization: Bearer``); each object created is verified at once.
 - ``GET /uploads/verdict?key=``: the verdict on one of the caller's own keys: ``verified``,
   ``pending`` (not judged yet), ``rejected`` (with the failed check, as its quarantined copy's
   tags keep it) or ``missing``. Works without a ledger, from the store's tags alone.
@@ -37,7 +40,8 @@ _IGNORED_DIRS = ("/.uploads/", "/.system/")
 
 def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
     """The handler of each route (the routes: ``broker.protocols.ROUTES``)."""
-    return {("POST", "/events/seaweedfs"): seaweedfs_event, ("GET", "/uploads/verdict"): verdict,
+    return {("POST", "/events/seaweedfs"): seaweedfs_event, ("POST", "/events/s3"): s3_event,
+            ("GET", "/uploads/verdict"): verdict,
             ("GET", "/uploads/{grant_id}"): grant_status}
 
 
@@ -74,20 +78,29 @@ def _content(entry: Any) -> Any:
             tuple(c.get("file_id") for c in chunks if isinstance(c, dict)))
 
 
-def seaweedfs_event(call: "Call") -> HttpResponse:
-    """Verify the object a SeaweedFS filer event created (other events: 200, nothing done)."""
+def _event_body(call: "Call", sent: str) -> Any:
+    """The event's JSON, once ``sent`` (what the caller gave as the token) is this broker's events token."""
     token = call.broker.events_token
     if not token:
         raise NotFound(f"no such endpoint: {call.request.path}")
-    sent = call.request.header("authorization") or ""
-    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-        raise Unauthenticated("the event's bearer token is not this broker's BROKER_EVENTS_TOKEN")
+    if not hmac.compare_digest(sent.encode(), token.encode()):
+        raise Unauthenticated("the event's token is not this broker's BROKER_EVENTS_TOKEN")
     if len(call.request.body) > MAX_EVENT_BYTES:
         raise PayloadTooLarge(f"the event is {len(call.request.body)} bytes; the limit is {MAX_EVENT_BYTES}")
     try:
-        event = json.loads(call.request.body or b"null")
+        return json.loads(call.request.body or b"null")
     except ValueError:
         raise InvalidRequest("the event is not JSON", path="$") from None
+
+
+def _bearer(call: "Call") -> str:
+    sent = call.request.header("authorization") or ""
+    return sent[len("Bearer "):] if sent.startswith("Bearer ") else ""
+
+
+def seaweedfs_event(call: "Call") -> HttpResponse:
+    """Verify the object a SeaweedFS filer event created (other events: 200, nothing done)."""
+    event = _event_body(call, _bearer(call))
     found = object_of_event(event)
     if found is None:
         return HttpResponse.json(200, {"status": "ignored"})
@@ -96,6 +109,28 @@ def seaweedfs_event(call: "Call") -> HttpResponse:
                                                   request_id=call.context.request_id)
     return HttpResponse.json(200, {"status": outcome.status, "key": key, "action": outcome.action,
                                    "note": outcome.note or None})
+
+
+def s3_event(call: "Call") -> HttpResponse:
+    """Verify each object an S3 event notification created (other records: ignored, 200)."""
+    from broker.adapters.s3events import parse
+
+    event = _event_body(call, call.request.query_one("token") or _bearer(call))
+    parsed = parse(event, quarantine_prefix=call.ruleset().quarantine_prefix)
+    if parsed.malformed and not parsed.objects:
+        bad = parsed.malformed[0]
+        where = "$.Records" if bad.index < 0 else f"$.Records[{bad.index}]"
+        raise InvalidRequest(f"the event names no object: {bad.reason}", path=where)
+    judged = []
+    for obj in parsed.objects:
+        outcome = call.broker.verifier.verify_object(obj.bucket, obj.key, etag=obj.etag, source="s3-notification",
+                                                      request_id=call.context.request_id)
+        judged.append({"status": outcome.status, "key": obj.key, "action": outcome.action,
+                       "note": outcome.note or None})
+    if len(judged) == 1:
+        return HttpResponse.json(200, judged[0])
+    return HttpResponse.json(200, {"status": "judged" if judged else "ignored", "objects": judged,
+                                   "ignored": parsed.ignored, "malformed": len(parsed.malformed)})
 
 
 def verdict(call: "Call") -> HttpResponse:

@@ -135,6 +135,18 @@ class S3Store:
                    {"Bucket": bucket, "Key": key, "UploadId": upload_id},
                    expect={"NoSuchUpload": None, "404": None})
 
+    def unfinished_uploads(self, bucket: str, key: str) -> list[str]:
+        """The ids of the multipart uploads the store holds for exactly ``key``, neither completed nor aborted."""
+        ids: list[str] = []
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+        while True:
+            page = self._call("list_multipart_uploads", "list the unfinished uploads", params)
+            ids.extend(str(u["UploadId"]) for u in page.get("Uploads", []) if u.get("Key") == key)
+            if not page.get("IsTruncated") or len(ids) > 1000:
+                return ids
+            params = {**params, "KeyMarker": page.get("NextKeyMarker", ""),
+                      "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+
     # ------------------------------------------------------------------ objects
 
     def head(self, bucket: str, key: str) -> dict[str, Any] | None:
@@ -237,6 +249,8 @@ class S3Store:
             copied = self._call("copy_object", "copy the object to quarantine", params, expect=_CHANGED)
         if copied is None:
             return False
+        if tags:  # Ceph RGW 16.2 ignores the tags of a copy and of CreateMultipartUpload: set them on the copy
+            self.tag(bucket, to_key, tags)
         self.delete(bucket, key)
         return True
 

@@ -1,9 +1,10 @@
 // The upload page: ask the broker for a presigned POST form, then post the file straight to the store.
 //
-// For each file: POST /uploads {filename, content_type, size, profile} with x-api-key -> 200
-// {url, fields, key, ...} or a JSON error whose `message` says why; then a multipart POST to `url`
-// with every field as a plain form field and `file` last (XMLHttpRequest, for upload progress).
-// The store answers 201 with XML (<Location>, <Key>, <ETag>) or an XML error (<Code>, <Message>).
+// The page holds a session token, never an API key: the app backend (make run's demo backend,
+// GET demo/session) mints it with POST /sessions. broker.js does the two requests for each file:
+// POST /uploads {filename, content_type, size, profile} with Authorization: Bearer -> {url, fields,
+// key, ...} or a JSON error whose `message` says why; then the form POST to the store, which answers
+// with XML (<Location>, <Key>, <ETag>) or an XML error (<Code>, <Message>).
 "use strict";
 
 (function () {
@@ -37,20 +38,6 @@
     if (file.type) return file.type;
     const ext = (file.name.split(".").pop() || "").toLowerCase();
     return TYPES[ext] || "application/octet-stream";
-  }
-
-  /** {code, message, key, location, etag} from an S3 XML response body (success or error). */
-  function parseS3Xml(text) {
-    const out = {};
-    if (!text) return out;
-    const doc = new DOMParser().parseFromString(text, "application/xml");
-    if (doc.getElementsByTagName("parsererror").length) return out;
-    for (const [field, tag] of [["code", "Code"], ["message", "Message"], ["key", "Key"],
-                                ["location", "Location"], ["etag", "ETag"]]) {
-      const el = doc.getElementsByTagName(tag)[0];
-      if (el) out[field] = el.textContent.trim();
-    }
-    return out;
   }
 
   // ------------------------------------------------------------------ one file's row in the list
@@ -112,7 +99,31 @@
     }
   }
 
-  // ------------------------------------------------------------------ the two requests
+  // ------------------------------------------------------------------ the session and the upload
+
+  const BASE = new URL(".", window.location.href).href.replace(/\/$/, "");  // the broker serves this page
+
+  // The page holds no API key: the app's backend (here make run's demo backend, GET demo/session)
+  // calls POST /sessions with the key, server to server, and hands the page a short-lived token.
+  let session = null;  // {token, expires_at, user, profiles, broker}
+  function currentSession() {
+    if (session && Date.parse(session.expires_at) - Date.now() > 60000) return Promise.resolve(session);
+    return fetch(`${BASE}/demo/session`).then(async (response) => {
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        throw new Error(response.status === 404
+          ? "no app backend here mints sessions (make run serves one at demo/session; see docs/FRONTENDS.md)"
+          : body.message || `the app backend answered HTTP ${response.status}`);
+      }
+      session = { ...body, broker: window.Broker({ endpoint: BASE, token: body.token }) };
+      showSession(session);
+      return session;
+    });
+  }
+
+  function showSession(s) {
+    $("#session").textContent = `${s.client}${s.user ? ` · user ${s.user}` : ""} · until ${new Date(s.expires_at).toLocaleTimeString()}`;
+  }
 
   /** The file's SHA-256 in hex, for files small enough to hash in the page (else null). */
   async function sha256(file) {
@@ -121,82 +132,34 @@
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  /** Ask the broker for a form; resolves {ok, status, body}. */
-  async function askBroker(file, apiKey, profile) {
-    const request = { filename: file.name, content_type: contentType(file), size: file.size };
-    if (profile) request.profile = profile;
-    // Declared, the digest is bound in the form: a store that checks it refuses any other bytes.
-    const digest = await sha256(file);
-    if (digest) request.sha256 = digest;
-    const headers = { "content-type": "application/json" };
-    if (apiKey) headers["x-api-key"] = apiKey;
-    const response = await fetch("uploads", { method: "POST", headers, body: JSON.stringify(request) });
-    let body = {};
-    try {
-      body = await response.json();
-    } catch (_) {
-      body = { message: `the broker answered ${response.status} without a JSON body` };
-    }
-    return { ok: response.ok, status: response.status, body };
-  }
-
-  /** Post the form to the store with progress; resolves {status, text, etag}. */
-  function postToStore(grant, file, onProgress) {
-    return new Promise((resolve, reject) => {
-      const form = new FormData();
-      for (const [name, value] of Object.entries(grant.fields)) form.append(name, value);
-      form.append("file", file); // last: the store ignores every field after it
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", grant.url);
-      xhr.upload.onprogress = (event) => {
-        if (event.lengthComputable) onProgress(event.loaded / event.total);
-      };
-      xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText,
-                                   etag: xhr.getResponseHeader("ETag") });
-      xhr.onerror = () => reject(new Error(
-        `could not reach the store at ${grant.url} (is it running, and does the bucket's CORS allow ${location.origin}?)`));
-      xhr.send(form);
-    });
-  }
-
-  /** Why the broker said no, in one readable sentence. */
-  function brokerReason(status, body) {
-    const message = body.message || body.error || `HTTP ${status}`;
-    if (status === 401) return `${message} (check the API key)`;
-    return message;
-  }
-
-  async function upload(file, row, apiKey, profile) {
+  async function upload(file, row, profile) {
     row.state("asking", "asking the broker…");
-    let answer;
+    let s;
     try {
-      answer = await askBroker(file, apiKey, profile);
+      s = await currentSession();
     } catch (err) {
-      row.fail("error", "broker unreachable", `could not reach the broker: ${err.message}`);
+      row.fail("error", "no session", `could not get a session from the app backend: ${err.message}`);
       return;
     }
-    if (!answer.ok) {
-      const rule = answer.body.rule ? ` (rule ${answer.body.rule}${answer.body.check ? `, check ${answer.body.check}` : ""})` : "";
-      row.fail("denied", `denied by the broker · ${answer.status}${rule}`, brokerReason(answer.status, answer.body));
-      return;
-    }
-    const grant = answer.body;
-    row.state("uploading", "uploading to the store…");
-    row.progress(0);
-    let result;
+    let grant = null;
     try {
-      result = await postToStore(grant, file, (f) => row.progress(f));
+      // Declared, the digest is bound in the form: a store that checks it refuses any other bytes.
+      const stored = await s.broker.upload(file, {
+        profile, contentType: contentType(file), sha256: await sha256(file),
+        onGrant: (g) => { grant = g; row.state("uploading", "uploading to the store…"); row.progress(0); },
+        onProgress: (f) => row.progress(f),
+      });
+      row.stored(stored.grant, { location: stored.location, etag: stored.etag });
+      window.showVerdict(row.el, $(".body", row.el), stored.key, { token: s.token }, { grantId: stored.grant.grant_id }); // not awaited
     } catch (err) {
-      row.fail("error", "upload failed", err.message);
-      return;
-    }
-    const xml = parseS3Xml(result.text);
-    if (result.status >= 200 && result.status < 300) {
-      row.stored(grant, { location: xml.location, etag: xml.etag || result.etag });
-      window.showVerdict(row.el, $(".body", row.el), grant.key, apiKey, { grantId: grant.grant_id }); // not awaited
-    } else {
-      const what = xml.code ? `${xml.code}: ${xml.message || "no message"}` : `HTTP ${result.status}`;
-      row.fail("refused", `refused by the store · ${result.status}`, what);
+      if (err.stage === "store" && err.status) {
+        row.fail("refused", `refused by the store · ${err.status}`, err.message);
+      } else if (err.status) {
+        const rule = err.rule ? ` (rule ${err.rule}${err.check ? `, check ${err.check}` : ""})` : "";
+        row.fail("denied", `denied by the broker · ${err.status}${rule}`, err.message);
+      } else {
+        row.fail("error", grant ? "upload failed" : "broker unreachable", err.message);
+      }
     }
   }
 
@@ -209,7 +172,7 @@
     while (running < PARALLEL && queue.length) {
       const job = queue.shift();
       running += 1;
-      upload(job.file, job.row, job.apiKey, job.profile).finally(() => {
+      upload(job.file, job.row, job.profile).finally(() => {
         running -= 1;
         pump();
       });
@@ -217,10 +180,9 @@
   }
 
   function addFiles(fileList) {
-    const apiKey = $("#api-key").value.trim();
     const profile = $("#profile").value.trim();
     for (const file of Array.from(fileList)) {
-      queue.push({ file, row: new Row(file), apiKey, profile });
+      queue.push({ file, row: new Row(file), profile });
     }
     pump();
   }
@@ -229,6 +191,10 @@
     const input = $("#files");
     const drop = $("#drop");
     $("#settings").addEventListener("submit", (event) => event.preventDefault());
+    currentSession().then(() => { document.body.dataset.ready = "true"; }, (err) => {
+      $("#session").textContent = `no session: ${err.message}`;
+      document.body.dataset.ready = "false";
+    });
     input.addEventListener("change", () => {
       addFiles(input.files);
       input.value = ""; // choosing the same file again uploads it again

@@ -1,79 +1,24 @@
-// Fine Uploader S3 5.16.2 (v4 signatures) configured against the upload broker.
+// Fine Uploader S3 5.16.2 (v4 signatures) against the upload broker, with fineuploader-broker.js.
 //
-// 1. GET  /fineuploader/config   -> store endpoint, host, bucket, region, the broker's access key id
-// 2. per file, objectProperties.key/bucket call POST /fineuploader/key: the broker decides the file
-//    and returns a server-random key, the params and ACL Fine Uploader must send, and a grant token
-// 3. every signature and upload-success request carries x-api-key and the file's grant token
-//    (signature.customHeaders / uploadSuccess.customHeaders as functions of the file id)
+// The page holds a session token from its app backend (make run's demo backend, GET demo/session),
+// never an API key. FineUploaderBroker.connect reads GET /fineuploader/config; broker.options() fills in
+// Fine Uploader's documented S3 options (request, signature, objectProperties.key/bucket as functions,
+// uploadSuccess, chunking; the profile is read from the page for each file); broker.attach(uploader)
+// lets it read each file's name, type and size.
 // The broker refuses anything it did not grant; its reason arrives as {"error": "..."}, which Fine
-// Uploader passes to onError, so it is shown next to the file.
+// Uploader passes to onError, so it is shown next to the file. See docs/FRONTENDS.md.
 "use strict";
 
 (function () {
-  const BROKER = window.location.origin;
+  const BROKER = new URL(".", window.location.href).href.replace(/\/$/, "");
   const $ = (selector) => document.querySelector(selector);
-  const grants = {};      // file id -> promise of the broker's answer for that file
-  const tokens = {};      // file id -> grant token (sent back in x-upload-grant)
-  const grantIds = {};    // file id -> grant id (GET uploads/{grant_id}: the file's status)
   const results = {};     // file id -> {state, reason, key}, read by tests and the list below
   window.fineUploaderResults = results;
-  let config = null;
+  let session = null;
+  let broker = null;
   let uploader = null;
 
-  function apiKey() { return $("#api-key").value.trim(); }
   function profile() { return $("#profile").value; }
-
-  function brokerHeaders(id) {
-    // Fine Uploader calls this with the file id, or "id.partIndex" for the signature of a part.
-    const fileId = parseInt(String(id), 10);
-    const headers = { "x-api-key": apiKey() };
-    if (tokens[fileId]) headers["x-upload-grant"] = tokens[fileId];
-    return headers;
-  }
-
-  async function brokerJson(path, options) {
-    const response = await fetch(BROKER + path, options);
-    let body = {};
-    try { body = await response.json(); } catch (e) { /* not JSON: use the status */ }
-    if (!response.ok) {
-      const reason = body.error && body.error !== "denied" && body.invalid ? body.error : (body.message || body.error);
-      throw new Error(reason || `the broker answered ${response.status}`);
-    }
-    return body;
-  }
-
-  function toQqPromise(promise) {
-    const qqPromise = new qq.Promise();
-    promise.then((value) => qqPromise.success(value), (error) => qqPromise.failure(error.message || String(error)));
-    return qqPromise;
-  }
-
-  // The broker's decision for one file, asked once and shared by the key and bucket functions.
-  function grantFor(id) {
-    if (!grants[id]) {
-      const file = uploader.getFile(id);
-      grants[id] = brokerJson("/fineuploader/key", {
-        method: "POST",
-        headers: { "content-type": "application/json", "x-api-key": apiKey() },
-        body: JSON.stringify({
-          filename: uploader.getName(id), content_type: file.type || "application/octet-stream",
-          size: uploader.getSize(id), profile: profile(),
-        }),
-      }).then((grant) => {
-        tokens[id] = grant.grant;
-        grantIds[id] = grant.grantId;
-        uploader.setParams(grant.params, id);   // Cache-Control, Content-Disposition, metadata...
-        uploader.setAcl(grant.acl, id);
-        if (grant.endpoint !== config.endpoint) uploader.setEndpoint(grant.endpoint, id);
-        show(id, { key: grant.key, status: "signing" });
-        return grant;
-      }).catch((error) => {
-        show(id, { state: "failed", reason: error.message });
-        throw error;
-      });
-    }
-    return grants[id];
-  }
 
   // ------------------------------------------------------------------ the list of files
 
@@ -105,20 +50,9 @@
 
   // ------------------------------------------------------------------ Fine Uploader
 
-  function build() {
-    const rule = config.profiles.find((p) => p.name === profile()) || config.profiles[0];
-    uploader = new qq.s3.FineUploaderBasic({
+  function build() {  // chunking follows the profile's multipart flag: a new uploader per profile
+    uploader = broker.attach(new qq.s3.FineUploaderBasic(broker.options({
       autoUpload: true,
-      request: { endpoint: config.endpoint, accessKey: config.accessKey },
-      signature: { endpoint: BROKER + "/fineuploader/signature", version: 4, customHeaders: brokerHeaders },
-      uploadSuccess: { endpoint: BROKER + "/fineuploader/success", customHeaders: brokerHeaders },
-      objectProperties: {
-        region: config.region,
-        host: config.host,  // path-style stores: the host alone, not host/bucket
-        bucket: (id) => toQqPromise(grantFor(id).then((g) => g.bucket)),
-        key: (id) => toQqPromise(grantFor(id).then((g) => g.key)),
-      },
-      chunking: { enabled: rule.multipart, partSize: config.partSize },
       retry: { enableAuto: false },
       callbacks: {
         onSubmitted: (id) => show(id, { status: "asking the broker" }),
@@ -129,9 +63,11 @@
         },
         onComplete: (id, name, response) => {
           if (response && response.success) {
-            show(id, { state: "done", status: "stored" });
+            show(id, { state: "done", status: "stored", key: uploader.getKey(id) });
             const li = row(id);
-            window.showVerdict(li, li, uploader.getKey(id), apiKey(), { base: BROKER + "/", grantId: grantIds[id] });
+            const grant = broker.grant(id);
+            Promise.resolve(grant).then((g) => window.showVerdict(li, li, uploader.getKey(id), { token: session.token },
+                                                                  { base: BROKER + "/", grantId: g && g.grantId }));
           }
         },
         onError: (id, name, reason) => {
@@ -139,32 +75,39 @@
           else $("#notice").textContent = reason, $("#notice").hidden = false;
         },
       },
-    });
+    })));
+    window.fineUploader = uploader;
   }
 
   async function start() {
     try {
-      config = await brokerJson("/fineuploader/config", { headers: { "x-api-key": apiKey() } });
+      const answer = await fetch(`${BROKER}/demo/session`);
+      session = await answer.json();
+      if (!answer.ok) {
+        throw new Error(answer.status === 404
+          ? "no app backend here mints sessions (make run serves one at demo/session; see docs/FRONTENDS.md)"
+          : session.message || `the app backend answered HTTP ${answer.status}`);
+      }
+      broker = await window.FineUploaderBroker.connect({ endpoint: BROKER, token: session.token, profile });
     } catch (error) {
-      $("#notice").textContent = `Cannot read the broker's configuration: ${error.message}`;
+      $("#notice").textContent = `Cannot start: ${error.message}`;
       $("#notice").hidden = false;
       return;
     }
+    $("#session").textContent = `${session.client} · ${session.user || "no user"} · until ${new Date(session.expires_at).toLocaleTimeString()}`;
     const select = $("#profile");
-    select.replaceChildren(...config.profiles.map((p) => {
+    select.replaceChildren(...broker.config.profiles.map((p) => {
       const option = document.createElement("option");
       option.value = p.name;
       option.textContent = `${p.name}${p.multipart ? " (chunked)" : ""}`;
       return option;
     }));
-    select.value = config.defaultProfile || config.profiles[0].name;
+    select.value = broker.config.defaultProfile || broker.config.profiles[0].name;
     build();
-    window.fineUploader = uploader;
     document.body.dataset.ready = "true";
   }
 
-  $("#profile").addEventListener("change", build);  // chunking follows the profile's multipart flag
-  $("#api-key").addEventListener("change", start);
+  $("#profile").addEventListener("change", build);
   $("#files").addEventListener("change", (event) => {
     uploader.addFiles(Array.from(event.target.files));
     event.target.value = "";

@@ -11,8 +11,14 @@
 
   const FINAL = ["verified", "rejected", "missing", "expired"];
 
+  // `auth`: {token} (a session token, sent as Authorization: Bearer), or an API key string.
+  function headersFor(auth) {
+    if (auth && typeof auth === "object") return auth.token ? { authorization: `Bearer ${auth.token}` } : {};
+    return auth ? { "x-api-key": auth } : {};
+  }
+
   async function ask(url, apiKey) {
-    const response = await fetch(url, { headers: apiKey ? { "x-api-key": apiKey } : {} });
+    const response = await fetch(url, { headers: headersFor(apiKey) });
     const body = await response.json().catch(() => ({}));
     return { ok: response.ok, status: response.status, body };
   }

@@ -183,3 +183,31 @@ def test_base64_body_is_decoded(broker: Any) -> None:
 def test_query_values_keep_their_commas(event: dict[str, Any], expected: dict[str, list[str]]) -> None:
     request, _ = apigw.to_request(event)
     assert dict(request.query) == expected
+
+
+def test_lambda_handler_that_cannot_start_is_counted_and_names_each_request(monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: Any) -> None:
+    """On Lambda, a failed start writes the StartupFailed count once; each 503 then carries its request
+    id (API Gateway's) and is counted as a 5xx, as the broker counts its own."""
+    import importlib
+    import sys
+
+    monkeypatch.setenv("BROKER_S3_ADDRESSING_STYLE", "sideways")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "upload-broker-test")
+    sys.modules.pop("lambda_handler", None)
+    try:
+        module = importlib.import_module("lambda_handler")
+        started = capsys.readouterr()
+        result = module.handler(load("apigw-v2-http"), None)
+        answered = capsys.readouterr()
+    finally:
+        sys.modules.pop("lambda_handler", None)
+    (count,) = [json.loads(x) for x in started.out.splitlines() if x.startswith('{"_aws"')]
+    assert count["StartupFailed"] == 1 and count["service"] == "broker"
+    assert count["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [{"Name": "StartupFailed", "Unit": "Count"}]
+    assert '"event": "startup_failed"' in started.err
+    status, body = response(result)
+    request_id = load("apigw-v2-http")["requestContext"]["requestId"]
+    assert status == 503 and body["request_id"] == result["headers"]["X-Request-Id"] == request_id
+    (error,) = [json.loads(x) for x in answered.out.splitlines()]
+    assert (error["status_class"], error["error"], error["Errors"]) == ("5xx", "service_unavailable", 1)

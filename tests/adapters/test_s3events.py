@@ -13,6 +13,7 @@ import pytest
 from broker.adapters import s3events
 from broker.adapters.s3events import CreatedObject, Malformed, decode_key, parse
 from broker.errors import RulesUnavailable, StoreUnavailable
+from broker.timefmt import parse_iso_z
 from tests.conftest import ROOT
 
 QUARANTINE = "quarantine/"
@@ -212,6 +213,7 @@ def test_handle_verifies_each_created_object_and_sums_up(capsys: pytest.CaptureF
          "source": "s3-event", "request_id": "5f0c-req"},
     ]
     (line,) = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    parse_iso_z(line.pop("time")[:19] + "Z")  # every operational line says when
     assert line == {"level": "error", "event": "s3_event_malformed", "request_id": "5f0c-req", "record": 4,
                     "error": "the record has no eventName"}
 

@@ -224,7 +224,7 @@ def test_a_worker_that_cannot_load_the_rules_exits_with_the_reason(tmp_path: Pat
     monkeypatch.setattr(os, "environ", {**os.environ, "BROKER_RULES": str(bad)})
     with pytest.raises(SystemExit) as exc:
         service.serve_worker()
-    assert "the rules do not load" in str(exc.value.code) and "'bucket' is a required property" in str(exc.value.code)
+    assert "the rules do not load" in str(exc.value.code) and "'bucket' is required here" in str(exc.value.code)
 
 
 def test_a_worker_drops_http_variables_from_its_environment() -> None:

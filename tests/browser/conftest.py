@@ -69,3 +69,67 @@ def page(browser_context: Any) -> Iterator[Any]:
         yield new_page
     finally:
         new_page.close()
+
+
+
+#: Pages and files the tests serve under the broker's origin: {path: (content type, bytes)}. Served
+#: by the server itself (not by Playwright's interception: Chromium would then treat the page as
+#: outside the loopback address space and block its requests to the store).
+TEST_FILES: dict[str, tuple[str, bytes]] = {}
+
+
+class TestFiles:
+    """WSGI middleware answering GET for the paths in TEST_FILES; everything else goes to ``app``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        found = TEST_FILES.get(environ.get("PATH_INFO") or "")
+        if found is None or environ.get("REQUEST_METHOD") != "GET":
+            return self.app(environ, start_response)
+        ctype, data = found
+        start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(data))),
+                                  ("Cache-Control", "no-cache")])
+        return [data]
+
+
+def demo_server(broker: Any, store: Any, rules_path: Path, bucket: str = "broker-uploads") -> Any:
+    """``broker`` served again with make run's demo app backend (``GET /demo/session``) in front, as make run
+    does: a ServerThread whose origin is added to the bucket's CORS rules."""
+    import yaml
+
+    from broker.adapters.wsgi import ServerThread, WsgiApp
+    from broker.dev.demo import DemoBackend
+    from broker.dev.run import DEMO_API_KEY
+    from broker.dev.store import upload_cors_rules
+
+    app = TestFiles(DemoBackend(WsgiApp(broker), broker, DEMO_API_KEY))
+    server = ServerThread(app, "127.0.0.1", 0)  # type: ignore[arg-type]
+    origins = yaml.safe_load(rules_path.read_text())["cors"]["allowed_origins"]
+    store.ensure_bucket(bucket, upload_cors_rules([*origins, server.url]))
+    return server
+
+
+@pytest.fixture(scope="module")
+def demo(live: Any) -> Iterator[Any]:
+    """The ``live`` stack behind make run's demo backend: the same broker, store and audit log, ``url`` changed."""
+    import dataclasses
+
+    server = demo_server(live.broker, live.store, live.rules_path, live.bucket)
+    try:
+        yield dataclasses.replace(live, url=server.url)
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def verifying_demo(verifying: Any) -> Iterator[Any]:
+    """The ``verifying`` stack (store events reach the verifier) behind make run's demo backend."""
+    import dataclasses
+
+    server = demo_server(verifying.broker, verifying.store, verifying.rules_path)
+    try:
+        yield dataclasses.replace(verifying, url=server.url)
+    finally:
+        server.close()

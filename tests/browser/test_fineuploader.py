@@ -1,7 +1,8 @@
 """Fine Uploader S3 5.16.2 in headless Chromium against the broker and SeaweedFS (``live``).
 
-The page is ``broker/web/fineuploader.html`` served by the broker itself, using the vendored,
-unchanged bundle. Allowed uploads (one POST, and chunked in two real 5 MiB + 1 MiB parts) must
+The page is ``broker/static/fineuploader.html`` served by the broker itself (behind make run's demo
+backend, which gives the page its session), using the vendored, unchanged bundle and
+``fineuploader-broker.js``. Allowed uploads (one POST, and chunked in two real 5 MiB + 1 MiB parts) must
 store exactly the bytes sent; refused ones must show the broker's reason in the page and leave
 nothing in the bucket.
 """
@@ -20,8 +21,8 @@ MiB = 1024 * 1024
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
 
 
-def open_page(page: Any, live: Live, profile: str) -> None:
-    page.goto(f"{live.url}/fineuploader.html", wait_until="load")
+def open_page(page: Any, demo: Live, profile: str) -> None:
+    page.goto(f"{demo.url}/fineuploader.html", wait_until="load")
     page.wait_for_selector("body[data-ready=true]", timeout=10000)
     page.select_option("#profile", profile)
 
@@ -33,28 +34,28 @@ def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: 
                       timeout=timeout)
 
 
-def audit_since(live: Live, count: int) -> list[dict[str, Any]]:
-    return [r for r in live.audit_records()[count:] if r.get("protocol") == "fineuploader"]
+def audit_since(demo: Live, count: int) -> list[dict[str, Any]]:
+    return [r for r in demo.audit_records()[count:] if r.get("protocol") == "fineuploader"]
 
 
 @pytest.mark.parametrize("profile, name, mime, size, parts", [
     pytest.param("avatars", "me.png", "image/png", None, 0, id="one_post"),
     pytest.param("videos", "clip.mp4", "video/mp4", 6 * MiB, 2, id="chunked_5MiB_plus_1MiB"),
 ])
-def test_allowed_upload_stores_exactly_the_bytes(page: Any, live: Live, profile: str, name: str,
+def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, profile: str, name: str,
                                                  mime: str, size: int | None, parts: int) -> None:
-    seen = len(live.audit_records())
-    open_page(page, live, profile)
+    seen = len(demo.audit_records())
+    open_page(page, demo, profile)
 
     result, digest = upload(page, name, mime, data=PNG if size is None else None, size=size)
 
     assert result["state"] == "done", result
     key = result["key"]
     assert key.startswith(f"uploads/web-app/{profile}/")
-    stored = live.s3.get_object(Bucket=live.bucket, Key=key)
+    stored = demo.s3.get_object(Bucket=demo.bucket, Key=key)
     assert sha256_of(stored["Body"]) == digest
     assert stored["ContentType"] == mime
-    events = [r["event"] for r in audit_since(live, seen) if r["decision"] == "allowed"]
+    events = [r["event"] for r in audit_since(demo, seen) if r["decision"] == "allowed"]
     assert events[0] == "fineuploader_key" and events[-1] == "upload_success"
     assert events.count("fineuploader_upload_part") == parts
     if parts:
@@ -78,10 +79,10 @@ def _tamper_key(route: Any) -> None:
     pytest.param("me.png", "image/png", 500, _tamper_key, "key must be the granted key", id="tampered_policy"),
 ])
 def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
-        page: Any, live: Live, name: str, mime: str, size: int, tamper: Any, reason: str) -> None:
-    before = live.objects()
-    seen = len(live.audit_records())
-    open_page(page, live, "avatars")
+        page: Any, demo: Live, name: str, mime: str, size: int, tamper: Any, reason: str) -> None:
+    before = demo.objects()
+    seen = len(demo.audit_records())
+    open_page(page, demo, "avatars")
     if tamper is not None:
         page.route("**/fineuploader/signature**", tamper)
 
@@ -89,6 +90,6 @@ def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
 
     assert result["state"] == "failed"
     assert reason in result["reason"], result
-    assert live.objects() == before
-    denied = [r for r in audit_since(live, seen) if r["decision"] == "denied"]
+    assert demo.objects() == before
+    denied = [r for r in audit_since(demo, seen) if r["decision"] == "denied"]
     assert denied and reason in denied[0]["reason"]

@@ -11,22 +11,35 @@ from broker.errors import ConfigError, RulesError
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
 ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = """\
+version: 1
+bucket: b-uploads
+clients:
+  acme:
+    api_key_sha256: ["0000000000000000000000000000000000000000000000000000000000000001"]
+    rules:
+      - {name: a, max_bytes: 10, content_types: [image/png]}
+"""
 
 
-def _expectation(path: Path) -> tuple[str, str]:
+def _expectation(path: Path) -> tuple[str, tuple[int, int], str]:
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# expect: "), f"{path} must start with '# expect: <path> | <message>'"
+    assert first.startswith("# expect: "), f"{path} must start with '# expect: <path> @ <line>:<column> | <message>'"
     where, message = first[len("# expect: "):].split(" | ", 1)
-    return where.strip(), message.strip()
+    where, position = where.split(" @ ")
+    line, column = position.split(":")
+    return where.strip(), (int(line), int(column)), message.strip()
 
 
 @pytest.mark.parametrize("path", sorted((RULES / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
-def test_invalid_rules_name_path_and_problem(path: Path) -> None:
-    where, message = _expectation(path)
+def test_invalid_rules_name_path_line_and_problem(path: Path) -> None:
+    where, (line, column), message = _expectation(path)
     with pytest.raises(RulesError) as exc:
         load_rules_file(path)
     matching = [p for p in exc.value.problems if p.path == where and message in str(p)]
     assert matching, f"expected a problem at {where} containing {message!r}; got:\n{exc.value}"
+    assert (matching[0].line, matching[0].column) == (line, column), str(matching[0])
+    assert f"line {line}, column {column}: " in exc.value.message
 
 
 @pytest.mark.parametrize("path", [ROOT / "rules.yaml", *sorted((RULES / "valid").glob("*.yaml"))],
@@ -62,7 +75,7 @@ def test_rules_error_message_is_readable() -> None:
     with pytest.raises(RulesError) as exc:
         load_rules_file(RULES / "invalid" / "min_above_max.yaml")
     assert "1 problem in the rules" in exc.value.message
-    assert "rule 'avatars': max_bytes (10) must be >= min_bytes (100) " \
+    assert "line 8, column 41: rule 'avatars': max_bytes (10) must be >= min_bytes (100) " \
            "(at $.clients.acme.rules[0].max_bytes)" in exc.value.message
 
 
@@ -78,9 +91,27 @@ def test_top_level_not_a_mapping() -> None:
 
 @pytest.mark.parametrize("value, expected", [
     (10, 10), ("5 MB", 5_000_000), ("5MiB", 5 * 1024**2), ("1.5 kB", 1500), ("2 GiB", 2 * 1024**3),
+    ("5 mb", 5_000_000), ("5 Mb", 5_000_000), ("5 KB", 5000), ("5 kb", 5000), ("5 mib", 5 * 1024**2),
+    ("5 MIB", 5 * 1024**2), ("3 gb", 3 * 1000**3), ("1 tib", 1024**4), ("7 b", 7), ("7 B", 7),
+    ("4.35 MB", 4_350_000), ("1.1 kB", 1100), ("0.5 KiB", 512),  # exact: no float rounding down to 4349999
 ])
 def test_parse_size(value: object, expected: int) -> None:
     assert parse_size(value) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["5 megs", "5 Mbit", "MB", "5 M", "-5 MB", "5 MiBs", "1e3 kB"])
+def test_parse_size_refuses_what_is_not_a_size(value: str) -> None:
+    with pytest.raises(ValueError, match="is not a size such as 1048576 .* any case"):
+        parse_size(value)
+
+
+@pytest.mark.parametrize("size", ["5 mb", "5 Mb", "5 MB", "5 mib", "2 GB", "2 gib", "10 kb", "10 KiB", "1 b"])
+def test_sizes_in_any_case_load_in_rules_and_sessions(size: str) -> None:
+    from broker.config.schemas import validator
+
+    ruleset = load_rules(MINIMAL.replace("max_bytes: 10", f"max_bytes: {size}"))
+    assert ruleset.clients["acme"].rules["a"].max_bytes == parse_size(size)
+    assert validator("session-request").is_valid({"max_bytes": size})
 
 
 def test_principal_and_key_lookups(ruleset: object) -> None:

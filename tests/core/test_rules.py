@@ -77,24 +77,24 @@ clients:
 
 @pytest.mark.parametrize("client, req, key, fields", [
     pytest.param("web-app", {"size": 100}, f"uploads/web-app/avatars/2026-11-28/{RID}.png",
-                 {"Content-Type": "image/png", "acl": "private", "Cache-Control": "public, max-age=86400",
+                 {"Content-Type": "image/png", "Cache-Control": "public, max-age=86400",
                   "Content-Disposition": 'inline; filename="a.png"', "success_action_status": "201"},
                  id="avatar"),
     pytest.param("web-app", {"profile": "documents", "filename": "Ré sumé.PDF", "content_type": "Application/PDF",
                              "metadata": {"title": "CV"}},
                  f"uploads/web-app/documents/2026-11-28/{RID}/Re-sume.PDF",
-                 {"Content-Type": "application/pdf", "acl": "private",
+                 {"Content-Type": "application/pdf",
                   "Content-Disposition": "attachment; filename=\"Re-sume.PDF\"; "
                                          "filename*=UTF-8''R%C3%A9%20sum%C3%A9.PDF",
                   "x-amz-meta-title": "CV", "x-amz-meta-source": "web-app", "success_action_status": "201"},
                  id="document_with_metadata_and_disposition"),
     pytest.param("mobile", {"filename": "IMG_1.HEIC", "content_type": "image/heic"},
                  f"uploads/mobile/photos/2026/11/{RID}.heic",
-                 {"Content-Type": "image/heic", "acl": "private", "x-amz-server-side-encryption": "AES256",
+                 {"Content-Type": "image/heic", "x-amz-server-side-encryption": "AES256",
                   "x-amz-storage-class": "INTELLIGENT_TIERING"}, id="photo_sse_storage_class"),
     pytest.param("partner-acme", {"filename": "inv.csv", "content_type": "text/csv; charset=UTF-8"},
                  f"partners/partner-acme/invoices/2026-11-28/{RID}.csv",
-                 {"Content-Type": "text/csv; charset=utf-8", "acl": "private",
+                 {"Content-Type": "text/csv; charset=utf-8",
                   "x-amz-server-side-encryption": "AES256"}, id="default_profile_charset"),
 ])
 def test_grants(ruleset: Any, client: str, req: dict[str, Any], key: str, fields: dict[str, str]) -> None:

@@ -46,7 +46,8 @@ print("RESULT " + json.dumps(out), flush=True)
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("package")
-    built = build(rules=ROOT / "rules.yaml", out=out, python_version=PY, platform=WHEEL_PLATFORM)
+    # The sample rules (demo keys, http:// origins) answer the sample events: packaged with allow_demo.
+    built = build(rules=ROOT / "rules.yaml", out=out, python_version=PY, platform=WHEEL_PLATFORM, allow_demo=True)
     task = out / "task"
     with zipfile.ZipFile(built.zip_path) as zf:
         zf.extractall(task)
@@ -127,8 +128,11 @@ def test_audit_and_emf_lines_on_stdout(packaged: dict[str, Any]) -> None:
     audit = [r for r in lines if "request_id" in r]
     emf = [r for r in lines if "_aws" in r]
     decisions = [r for r in audit if r.get("decision") in ("allowed", "denied")]
-    assert decisions and len(emf) == len(decisions)
-    assert {r["decision"] for r in emf} == {r["decision"] for r in decisions}
+    errors = [r for r in audit if r.get("decision") == "error"]
+    counts = [r for r in emf if "Count" in r]  # one per decision; error answers are counted as Errors
+    assert decisions and len(counts) == len(decisions)
+    assert {r["decision"] for r in counts} == {r["decision"] for r in decisions}
+    assert len([r for r in emf if "Errors" in r]) == len(errors)
     assert "package-test-secret" not in packaged["stdout"] + packaged["stderr"]
 
 
@@ -144,6 +148,46 @@ def test_requirements_are_all_pinned() -> None:
 def test_invalid_rules_are_not_packaged(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="refusing to package"):
         build(rules=ROOT / "tests" / "rules" / "invalid" / "bad_size.yaml", out=tmp_path)
+
+
+def test_demo_rules_are_not_packaged_by_default(tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match="not fit for production") as info:
+        build(rules=ROOT / "rules.yaml", out=tmp_path)
+    message = str(info.value)
+    line = next(n for n, text in enumerate((ROOT / "rules.yaml").read_text().splitlines(), 1) if "80829424f2" in text)
+    assert f"rules.yaml:{line}: client 'web-app': API key 80829424 is the demo key 'demo-web-app-key'" in message
+    assert "http://localhost:8000" in message and "--allow-demo" in message and "ALLOW_DEMO=1" in message
+    assert not any(tmp_path.iterdir()), "refused before anything was staged or built"
+
+
+def test_allow_demo_packages_them_with_every_refusal_as_a_warning(packaged: dict[str, Any]) -> None:
+    warnings = packaged["built"].warnings
+    assert any("demo key 'demo-web-app-key'" in w for w in warnings)
+    assert any("http://127.0.0.1:8000" in w for w in warnings)
+
+
+def test_package_command_refuses_demo_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.deploy.package import main
+
+    assert main(["--rules", str(ROOT / "rules.yaml"), "--out", str(tmp_path / "build")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make package: refusing to package rules that are not fit for production (--auth api-key)")
+    assert not (tmp_path / "build").exists()
+    assert main(["--rules", str(ROOT / "rules.yaml"), "--out", str(tmp_path / "build"), "--auth", "jwt"]) == 2
+    assert "client 'web-app' has API keys, but with --auth jwt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variables", "flags"), [
+    pytest.param([], "--auth api-key", id="default_refuses_demo"),
+    pytest.param(["STACK_AUTH=jwt", "ALLOW_DEMO=1"], "--auth jwt --allow-demo", id="opt_out"),
+])
+def test_make_package_runs_the_production_check(variables: list[str], flags: str) -> None:
+    proc = subprocess.run(["make", "-n", "-s", "package", *variables], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    command = " ".join(proc.stdout.replace("\\\n", " ").split())
+    assert "-m broker.deploy.package" in command
+    assert command.endswith(flags), command
 
 
 def test_zip_is_reproducible(tmp_path: Path) -> None:

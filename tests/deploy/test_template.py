@@ -3,10 +3,13 @@
 moto's CloudFormation has no SAM transform, so the test translates ``template.yaml`` with
 aws-sam-translator (the library ``sam deploy`` and CloudFormation itself use) and deploys the
 result. moto models the bucket (name, encryption), the ledger table (keys, billing), the roles
-and policies, the log groups, both functions and the invoke permissions; it skips the HTTP API
-resources and ignores the bucket's CORS, public access block, lifecycle and notifications and
-the table's TTL and point-in-time recovery, so those are asserted on the translated template
-instead, and its resources are checked for a circular dependency.
+and policies, the log groups, both functions, the signer's published version and the invoke
+permissions; it skips the HTTP API resources, the alarms and the metric filter, ignores the
+bucket's CORS, ownership controls, public access block, lifecycle and notifications and the
+table's TTL and point-in-time recovery, and has no Lambda alias, CodeDeploy, dashboard or
+Firehose at all. So those are asserted on the translated template instead (the alias, the
+CodeDeploy resources and the dashboard are left out of what moto deploys, calls to the alias
+going to the function), and its resources are checked for a circular dependency.
 """
 from __future__ import annotations
 
@@ -89,12 +92,53 @@ def test_committed_template_is_what_rules_yaml_generates(ruleset: Any) -> None:
     pytest.param(lambda t: t.replace("# END GENERATED signer-policy", "# (end)"), "no matching", id="no-end"),
     pytest.param(lambda t: t.replace("BEGIN GENERATED bucket-cors", "BEGIN GENERATED bucket-cars"),
                  "unknown generated block 'bucket-cars'", id="unknown-block"),
-    pytest.param(lambda t: t.replace("# BEGIN GENERATED origins-default", "#"), "origins-default",
+    pytest.param(lambda t: t.replace("# BEGIN GENERATED api-origins", "#"), "api-origins",
                  id="missing-block"),
 ])
 def test_update_template_errors(ruleset: Any, edit: Any, message: str) -> None:
     with pytest.raises(TemplateError, match=message):
         update_template(edit(TEMPLATE.read_text()), ruleset)
+
+
+@pytest.mark.parametrize("acl, bucket, refused", [
+    pytest.param(None, None, False, id="no-acl"),
+    pytest.param("bucket-owner-full-control", None, False, id="owner-full-control"),
+    pytest.param("private", None, True, id="private"),
+    pytest.param("public-read", None, True, id="public-read"),
+    pytest.param("public-read", "own-acl-bucket", False, id="another-bucket"),
+])
+def test_acls_the_stacks_bucket_refuses_are_refused(acl: str | None, bucket: str | None, refused: bool) -> None:
+    from broker.deploy.template import acl_refusals
+    from tests.deploy.helpers import make_rules
+
+    rule: dict[str, Any] = {"name": "p", "key": "in/{client}/{profile}/{uuid}"}
+    if acl is not None:
+        rule["acl"] = acl
+    if bucket is not None:
+        rule["bucket"] = bucket
+    rules = make_rules({"c1": [rule, {"name": "q", "key": "in/{client}/{profile}/{uuid}"}]})
+    found = acl_refusals(rules)
+    assert bool(found) is refused
+    if refused:
+        assert found == [f"$.clients.c1.rules[0].acl: '{acl}' on bucket 'up-bucket', whose ACLs are disabled "
+                         "(BucketOwnerEnforced): S3 would refuse every upload; remove acl from the rule "
+                         "(and from defaults), or use bucket-owner-full-control"]
+        with pytest.raises(TemplateError, match="the rules set ACLs the stack's bucket refuses"):
+            update_template(TEMPLATE.read_text(), rules)
+    else:
+        update_template(TEMPLATE.read_text(), rules)
+
+
+def test_forms_carry_no_acl_unless_the_rule_names_one(ruleset: Any) -> None:
+    from dataclasses import replace
+
+    from broker.core.rules import object_fields
+
+    rules = [r for c in ruleset.clients.values() for r in c.rules.values()]
+    assert rules and all(r.acl is None for r in rules)  # the sample deploys onto the stack's bucket
+    assert "acl" not in object_fields(rules[0], "image/png", "a.png", {})
+    named = replace(rules[0], acl="bucket-owner-full-control")
+    assert object_fields(named, "image/png", "a.png", {})["acl"] == "bucket-owner-full-control"
 
 
 def test_set_code_uri_requires_exactly_one() -> None:
@@ -107,6 +151,7 @@ def test_set_code_uri_requires_exactly_one() -> None:
 
 def test_bucket_is_private_encrypted_and_cleans_up_multipart(cfn: dict[str, Any], ruleset: Any) -> None:
     props = cfn["Resources"]["UploadBucket"]["Properties"]
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}  # ACLs off
     assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
         ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"], True)
     enc = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
@@ -119,22 +164,50 @@ def test_bucket_is_private_encrypted_and_cleans_up_multipart(cfn: dict[str, Any]
     assert cfn["Parameters"]["QuarantineRetentionDays"]["Default"] == 30
     (cors,) = props["CorsConfiguration"]["CorsRules"]
     expected = cors_rule(ruleset, ruleset.bucket)
-    assert cors["AllowedOrigins"] == {"Ref": "AllowedOrigins"}
+    assert cors["AllowedOrigins"] == list(ruleset.cors_origins)
     assert cors["AllowedMethods"] == expected["AllowedMethods"]
     assert cors["AllowedHeaders"] == expected["AllowedHeaders"]
     assert cors["ExposedHeaders"] == ["ETag", "Location"]
     params = cfn["Parameters"]
-    assert params["AllowedOrigins"]["Default"].split(",") == list(ruleset.cors_origins)
     assert params["UploadBucketName"]["Default"] == ruleset.bucket
+
+
+def test_the_rules_are_the_one_source_of_cors_origins(cfn: dict[str, Any], ruleset: Any) -> None:
+    from tests.deploy.helpers import make_rules
+
+    res = cfn["Resources"]
+    assert res["HttpApi"]["Properties"]["CorsConfiguration"]["AllowOrigins"] == list(ruleset.cors_origins)
+    assert "AllowedOrigins" not in cfn["Parameters"]  # nothing at deploy time can make them differ
+    origins = ("https://app.example.com", "https://admin.example.com")
+    other = translate(update_template(TEMPLATE.read_text(), make_rules({"c1": [{"name": "p"}]}, origins=origins)))
+    assert other["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"]["AllowOrigins"] == list(origins)
+    (bucket_rule,) = other["Resources"]["UploadBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    assert bucket_rule["AllowedOrigins"] == list(origins)
 
 
 def test_no_long_lived_keys_anywhere(cfn: dict[str, Any]) -> None:
     assert not resources_of(cfn, "AWS::IAM::AccessKey") and not resources_of(cfn, "AWS::IAM::User")
-    for function in ("SignerFunction", "VerifierFunction"):
-        env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
-        assert set(env) == {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS", "BROKER_LEDGER"}
+    common = {"BROKER_RULES", "BROKER_RULES_RELOAD_SECONDS", "BROKER_LEDGER"}
+    tokens = {"BROKER_GRANT_SECRET", "BROKER_SESSION_SECRET"}
+    signer = cfn["Resources"]["SignerFunction"]["Properties"]["Environment"]["Variables"]
+    verifier = cfn["Resources"]["VerifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert set(signer) == common | tokens and set(verifier) == common  # the verifier issues no token
     text = json.dumps(cfn)
     assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+
+
+def test_token_secrets_are_shared_by_every_instance_and_never_in_the_template(cfn: dict[str, Any]) -> None:
+    from broker.config import Settings
+
+    res = cfn["Resources"]
+    env = res["SignerFunction"]["Properties"]["Environment"]["Variables"]
+    for name, secret in (("BROKER_GRANT_SECRET", "GrantTokenSecret"), ("BROKER_SESSION_SECRET", "SessionTokenSecret")):
+        assert env[name] == {"Fn::Sub": f"{{{{resolve:secretsmanager:${{{secret}}}:SecretString}}}}"}
+        generated = res[secret]["Properties"]["GenerateSecretString"]
+        assert generated["PasswordLength"] >= 32 and generated["ExcludePunctuation"] is True
+    # what Secrets Manager generates is a secret the broker accepts (at least 32 bytes)
+    settings = Settings.from_env({"BROKER_GRANT_SECRET": "a" * 64, "BROKER_SESSION_SECRET": "b" * 64})
+    assert settings.grant_secret and settings.session_secret
 
 
 def test_function_settings(cfn: dict[str, Any]) -> None:
@@ -153,16 +226,197 @@ def test_http_api_with_cors_live_stage_and_optional_jwt(cfn: dict[str, Any]) -> 
     res = cfn["Resources"]
     api = res["HttpApi"]["Properties"]
     assert api["ProtocolType"] == "HTTP"
-    assert api["CorsConfiguration"]["AllowOrigins"] == {"Ref": "AllowedOrigins"}
     assert "x-api-key" in api["CorsConfiguration"]["AllowHeaders"]
     assert res["LiveStage"]["Properties"]["StageName"] == "live"
     assert res["LiveStage"]["Properties"]["AutoDeploy"] is True
     assert res["JwtAuthorizer"]["Condition"] == "UseJwt"
     assert res["JwtAuthorizer"]["Properties"]["AuthorizerType"] == "JWT"
-    route = res["DefaultRoute"]["Properties"]
-    assert route["AuthorizationType"] == {"Fn::If": ["UseJwt", "JWT", "NONE"]}
+    for name in ("DefaultRoute", "UploadsRoute"):
+        route = res[name]["Properties"]
+        assert route["AuthorizationType"] == {
+            "Fn::If": ["UseJwt", "JWT", {"Fn::If": ["UseLambdaAuthorizer", "CUSTOM", "NONE"]}]}
+        assert route["AuthorizerId"] == {"Fn::If": ["UseJwt", {"Ref": "JwtAuthorizer"}, {
+            "Fn::If": ["UseLambdaAuthorizer", {"Ref": "LambdaAuthorizer"}, {"Ref": "AWS::NoValue"}]}]}
     assert res["PreflightRoute"]["Properties"]["AuthorizationType"] == "NONE"
     assert res["SignerIntegration"]["Properties"]["PayloadFormatVersion"] == "2.0"
+
+
+def test_optional_lambda_authorizer(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    auth = res["LambdaAuthorizer"]
+    assert auth["Condition"] == "UseLambdaAuthorizer"
+    assert cfn["Conditions"]["UseLambdaAuthorizer"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "LambdaAuthorizerArn"}, ""]}]}
+    props = auth["Properties"]
+    assert (props["AuthorizerType"], props["AuthorizerPayloadFormatVersion"], props["EnableSimpleResponses"]) == (
+        "REQUEST", "2.0", True)
+    assert "${LambdaAuthorizerArn}/invocations" in props["AuthorizerUri"]["Fn::Sub"]
+    permission = res["LambdaAuthorizerInvokePermission"]
+    assert permission["Condition"] == "UseLambdaAuthorizer"
+    assert permission["Properties"]["FunctionName"] == {"Ref": "LambdaAuthorizerArn"}
+    assert permission["Properties"]["SourceArn"]["Fn::Sub"].endswith("${HttpApi}/authorizers/${LambdaAuthorizer}")
+    # the broker reads a Lambda authorizer's principal from context.principalId (simple responses)
+    from broker.adapters.apigw import _principals
+    assert _principals({"lambda": {"principalId": "partner-gateway"}}) == ("principal:partner-gateway",)
+    # JWT and Lambda authorizer together are refused before anything is created
+    (rule,) = [r for r in cfn["Rules"].values() if "RuleCondition" in r]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "LambdaAuthorizerArn"}, ""]}
+
+
+def test_throttling_per_stage_and_for_the_signing_route(cfn: dict[str, Any]) -> None:
+    stage = cfn["Resources"]["LiveStage"]
+    props = stage["Properties"]
+    assert props["DefaultRouteSettings"] == {"ThrottlingRateLimit": {"Ref": "ThrottlingRateLimit"},
+                                             "ThrottlingBurstLimit": {"Ref": "ThrottlingBurstLimit"}}
+    assert props["RouteSettings"] == {"POST /uploads": {
+        "ThrottlingRateLimit": {"Ref": "UploadsThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "UploadsThrottlingBurstLimit"}}}
+    assert cfn["Resources"]["UploadsRoute"]["Properties"]["RouteKey"] == "POST /uploads"
+    assert "UploadsRoute" in stage["DependsOn"]  # a route setting may only name an existing route
+
+
+def test_json_access_log_of_every_request(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    settings = res["LiveStage"]["Properties"]["AccessLogSettings"]
+    assert settings["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    line = json.loads(settings["Format"])  # one JSON object a line
+    assert line["requestId"] == "$context.requestId" and line["status"] == "$context.status"
+    for field in ("errorType", "authorizerError", "integrationError", "routeKey", "ip"):
+        assert line[field].startswith("$context."), field  # 429s and authorizer refusals leave a trace
+    assert not any("header" in value.lower() for value in line.values())  # never a key or a token
+    assert res["ApiAccessLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+ALARMS = {  # logical id: (namespace, metric, dimensions)
+    "SignerErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": {"Ref": "SignerFunction"}}),
+    "SignerThrottlesAlarm": ("AWS/Lambda", "Throttles", {"FunctionName": {"Ref": "SignerFunction"}}),
+    "VerifierErrorsAlarm": ("AWS/Lambda", "Errors", {"FunctionName": {"Ref": "VerifierFunction"}}),
+    "Api5xxAlarm": ("AWS/ApiGateway", "5xx", {"ApiId": {"Ref": "HttpApi"}, "Stage": "live"}),
+    "BrokerServerErrorsAlarm": ("UploadBroker", "Errors", {"status_class": "5xx"}),
+    "RulesReloadFailedAlarm": ("UploadBroker", "RulesReloadFailed", {"service": "broker"}),
+    "StartupFailedAlarm": ("UploadBroker", "StartupFailed", {"service": "broker"}),
+    "VerifierRejectionsAlarm": ("UploadBroker", "VerifierRejections", {}),
+}
+
+
+def test_alarms_watch_the_metrics_and_notify_the_optional_topic(cfn: dict[str, Any]) -> None:
+    from broker.metrics import NAMESPACE
+
+    alarms = resources_of(cfn, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == set(ALARMS)
+    for name, (namespace, metric, dimensions) in ALARMS.items():
+        props = alarms[name]["Properties"]
+        assert (props["Namespace"], props["MetricName"]) == (namespace, metric), name
+        assert {d["Name"]: d["Value"] for d in props.get("Dimensions", [])} == dimensions, name
+        assert props["Statistic"] == "Sum" and props["TreatMissingData"] == "notBreaching"
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        actions = {"Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+        assert props["AlarmActions"] == props["OKActions"] == actions, name
+    from broker.metrics import ERROR_DIMENSION_SETS, RULES_RELOAD_FAILED, SERVICE, STARTUP_FAILED
+
+    # the broker's EMF lines land where the alarms look: namespace, names and dimension sets
+    assert NAMESPACE == "UploadBroker"
+    assert (RULES_RELOAD_FAILED, STARTUP_FAILED, SERVICE) == ("RulesReloadFailed", "StartupFailed", {"service": "broker"})
+    assert ["status_class"] in ERROR_DIMENSION_SETS
+    assert cfn["Conditions"]["NotifyAlarms"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
+    assert cfn["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    assert alarms["VerifierRejectionsAlarm"]["Properties"]["Threshold"] == {"Ref": "VerifierRejectionThreshold"}
+    metric_filter = cfn["Resources"]["VerifierRejectionsMetricFilter"]["Properties"]
+    assert metric_filter["LogGroupName"] == {"Ref": "VerifierLogGroup"}
+    assert metric_filter["FilterPattern"] == '{ $.event = "verification" && $.verdict = "rejected" }'
+    (transform,) = metric_filter["MetricTransformations"]
+    assert (transform["MetricNamespace"], transform["MetricName"]) == ("UploadBroker", "VerifierRejections")
+
+
+def test_the_filter_patterns_match_the_lines_the_broker_writes() -> None:
+    """The metric and export filters name fields the audit schema has, with the values it allows."""
+    schema = json.loads((ROOT / "schemas" / "audit.schema.json").read_text())
+    text = json.dumps(schema)
+    for field in ("request_id", "decision", "event", "verdict"):
+        assert f'"{field}"' in text, field
+    assert '"rejected"' in text and '"verification"' in text
+
+
+def test_the_export_filter_passes_audit_lines_and_no_metric_line(make_broker: Any, audit_stream: Any) -> None:
+    """``{ $.request_id = "*" && $.decision = "*" }`` on what the signer really writes to stdout."""
+    from broker.metrics import EmfLines
+    from tests.conftest import post_json
+
+    broker = make_broker()
+    broker.metrics = EmfLines()  # as on Lambda
+    post_json(broker, "/uploads", {"filename": "me.png", "content_type": "image/png", "size": 1000})
+    post_json(broker, "/uploads", {"filename": "me.exe", "content_type": "application/x-msdownload"})
+    post_json(broker, "/uploads", {"filename": 7})  # a 400: an error answer, with its own metric line
+    lines = [json.loads(line) for line in audit_stream.getvalue().splitlines()]
+    passed = [rec for rec in lines if "request_id" in rec and "decision" in rec]
+    metrics = [rec for rec in lines if "_aws" in rec]
+    assert {rec["decision"] for rec in passed} == {"allowed", "denied", "error"}
+    assert len(metrics) == 3 and len(passed) + len(metrics) == len(lines)
+    assert not any(rec in passed for rec in metrics)
+
+
+def test_dashboard_shows_the_alarms_and_the_metrics(cfn: dict[str, Any]) -> None:
+    body, names = cfn["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    arns = [item["Fn::Sub"] for item in names["Alarms"]["Fn::Join"][1]]
+    assert sorted(arns) == sorted(f'"${{{name}.Arn}}"' for name in ALARMS)
+    stand_in = {"Alarms": ", ".join(f'"arn:{n}"' for n in ALARMS)}
+    parsed = json.loads(body.replace("${Alarms}", stand_in["Alarms"]))  # the rest is Sub variables in strings
+    titles = [w["properties"]["title"] for w in parsed["widgets"]]
+    assert titles[0] == "Alarms" and len(titles) == 7
+    metrics = {m[1] for w in parsed["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]
+               if m[0] != "."}
+    assert {"Count", "Errors", "RulesReloadFailed", "StartupFailed", "VerifierRejections", "Latency"} <= metrics
+
+
+def test_canary_deployments_through_an_alias_rolled_back_by_the_alarms(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    (alias_name,) = resources_of(cfn, "AWS::Lambda::Alias")
+    alias = res[alias_name]
+    assert alias["Properties"]["Name"] == "live"
+    assert alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]["DeploymentGroupName"] == {
+        "Ref": "SignerFunctionDeploymentGroup"}
+    group = res["SignerFunctionDeploymentGroup"]["Properties"]
+    assert group["AutoRollbackConfiguration"]["Enabled"] is True
+    assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+    assert [a["Name"] for a in group["AlarmConfiguration"]["Alarms"]] == [
+        {"Ref": "SignerErrorsAlarm"}, {"Ref": "StartupFailedAlarm"}, {"Ref": "BrokerServerErrorsAlarm"},
+        {"Ref": "Api5xxAlarm"}]
+    assert cfn["Parameters"]["DeploymentStrategy"]["Default"] == "Canary10Percent5Minutes"
+    assert group["DeploymentConfigName"]["Fn::Sub"][1] == {"ConfigName": "Canary10Percent5Minutes"}
+    # API Gateway calls the alias, never $LATEST, and may call it
+    assert res["SignerIntegration"]["Properties"]["IntegrationUri"] == {"Ref": alias_name}
+    assert res["ApiInvokePermission"]["Properties"]["FunctionName"] == {"Ref": alias_name}
+    assert cfn["Outputs"]["SignerAliasArn"]["Value"] == {"Ref": alias_name}
+
+
+def test_optional_tracing(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    for function in ("SignerFunction", "VerifierFunction"):
+        assert res[function]["Properties"]["TracingConfig"] == {"Mode": {"Fn::If": ["UseTracing", "Active", "PassThrough"]}}
+    policy = res["TracingPolicy"]
+    assert policy["Condition"] == "UseTracing"
+    assert policy["Properties"]["Roles"] == [{"Ref": "SignerRole"}, {"Ref": "VerifierRole"}]
+    assert policy["Properties"]["PolicyDocument"]["Statement"][0]["Action"] == [
+        "xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    assert cfn["Parameters"]["Tracing"]["Default"] == "false"
+
+
+def test_optional_audit_export(cfn: dict[str, Any]) -> None:
+    res = cfn["Resources"]
+    export = {name for name, r in res.items() if r.get("Condition") == "ExportAudit"}
+    assert export == {"AuditFirehoseRole", "AuditDeliveryStream", "AuditSubscriptionRole",
+                      "SignerAuditExport", "VerifierAuditExport"}
+    assert cfn["Parameters"]["AuditArchiveBucketName"]["Default"] == ""
+    signer = res["SignerAuditExport"]["Properties"]
+    assert signer["LogGroupName"] == {"Ref": "SignerLogGroup"}
+    assert signer["FilterPattern"] == '{ $.request_id = "*" && $.decision = "*" }'  # audit lines, not EMF or ops
+    assert res["VerifierAuditExport"]["Properties"]["LogGroupName"] == {"Ref": "VerifierLogGroup"}
+    stream = res["AuditDeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"]
+    assert stream["Prefix"].startswith("audit/") and stream["CompressionFormat"] == "UNCOMPRESSED"
+    role = res["AuditFirehoseRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    assert role["Resource"][1] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${AuditArchiveBucketName}/audit*"}
+    put = res["AuditSubscriptionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    assert put["Action"] == ["firehose:PutRecord", "firehose:PutRecordBatch"]
 
 
 def test_verifier_function_settings(cfn: dict[str, Any]) -> None:
@@ -173,7 +427,9 @@ def test_verifier_function_settings(cfn: dict[str, Any]) -> None:
     assert (props["Code"], props["Runtime"]) == (signer["Code"], signer["Runtime"])  # the same zip
     assert 128 <= props["MemorySize"] <= 512 and 10 <= props["Timeout"] <= 120
     assert props["Role"] == {"Fn::GetAtt": ["VerifierRole", "Arn"]} != signer["Role"]
-    assert props["Environment"] == signer["Environment"]
+    tokens = ("BROKER_GRANT_SECRET", "BROKER_SESSION_SECRET")
+    assert props["Environment"]["Variables"] == {k: v for k, v in signer["Environment"]["Variables"].items()
+                                                 if k not in tokens}
     assert props["LoggingConfig"]["LogGroup"] == {"Ref": "VerifierLogGroup"}
     assert props["ReservedConcurrentExecutions"] == {
         "Fn::If": ["ReserveVerifierConcurrency", {"Ref": "VerifierReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
@@ -300,6 +556,35 @@ def test_notification_prefixes_only_for_the_template_bucket() -> None:
 # ----------------------------------------------------------------- deployed into moto
 
 
+#: Resource types moto's CloudFormation cannot create (asserted on the translated template above).
+NOT_IN_MOTO = ("AWS::Lambda::Alias", "AWS::CodeDeploy::Application", "AWS::CodeDeploy::DeploymentGroup",
+               "AWS::CloudWatch::Dashboard")
+
+
+def for_moto(cfn: dict[str, Any]) -> dict[str, Any]:
+    """The translated template without what moto lacks; what called the signer's alias calls the function."""
+    out = json.loads(json.dumps(cfn))
+    res = out["Resources"]
+    gone = [name for name, r in res.items() if r["Type"] in NOT_IN_MOTO]
+    aliases = [name for name in gone if res[name]["Type"] == "AWS::Lambda::Alias"]
+    assert aliases == ["SignerFunctionAliaslive"], gone
+    for name in gone:
+        del res[name]
+    out["Outputs"] = {k: v for k, v in out["Outputs"].items() if not references(v) & set(gone)}
+    text = json.dumps(out).replace(json.dumps({"Ref": aliases[0]}), json.dumps({"Ref": "SignerFunction"}))
+    left = json.loads(text)
+    assert not references(left) & set(gone)
+    return left
+
+
+def test_moto_copy_drops_only_what_moto_lacks(cfn: dict[str, Any]) -> None:
+    copy = for_moto(cfn)
+    assert set(cfn["Resources"]) - set(copy["Resources"]) == {
+        "SignerFunctionAliaslive", "ServerlessDeploymentApplication", "SignerFunctionDeploymentGroup", "Dashboard"}
+    assert copy["Resources"]["ApiInvokePermission"]["Properties"]["FunctionName"] == {"Ref": "SignerFunction"}
+    assert set(cfn["Outputs"]) - set(copy["Outputs"]) == {"SignerAliasArn", "DashboardUrl"}
+
+
 @pytest.fixture(scope="module")
 def stack(cfn: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with mock_aws():
@@ -313,7 +598,7 @@ def stack(cfn: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cf = boto3.client("cloudformation", region_name="us-east-1")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # moto warns about the API Gateway v2 resources it skips
-            cf.create_stack(StackName="broker", TemplateBody=json.dumps(cfn),
+            cf.create_stack(StackName="broker", TemplateBody=json.dumps(for_moto(cfn)),
                             Capabilities=["CAPABILITY_IAM"],
                             Parameters=[{"ParameterKey": "RulesLocation", "ParameterValue": RULES_LOCATION}])
         summaries = cf.list_stack_resources(StackName="broker")["StackResourceSummaries"]
@@ -345,6 +630,9 @@ def test_stack_creates_bucket_role_policy_and_function(stack: dict[str, Any], ru
 
     fn = lam.get_function(FunctionName="broker-signer")["Configuration"]
     assert fn["Handler"] == "lambda_handler.handler" and fn["Runtime"] == "python3.12"
+    versions = lam.list_versions_by_function(FunctionName="broker-signer")["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST", "1"]  # AutoPublishAlias published one
+    assert stack["ApiAccessLogGroup"]["PhysicalResourceId"] == "/aws/apigateway/broker-access"
     assert fn["Role"].endswith(f":role/{role_name}")
     assert fn["Environment"]["Variables"]["BROKER_RULES"] == RULES_LOCATION
     assert stack["SignerLogGroup"]["PhysicalResourceId"] == "/aws/lambda/broker-signer"

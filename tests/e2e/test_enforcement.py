@@ -1,8 +1,9 @@
 """The store refuses every upload the rules forbid, even with fields the broker really issued.
 
-Each test asks the running broker (``live``: waitress + SeaweedFS, which enforces POST
-policies as S3 does) for a form over HTTP, tampers with it the way a hostile client could,
-posts it to the store, and checks both the store's answer and that nothing was stored.
+Each test asks the running broker (``live``: waitress + SeaweedFS or Ceph RGW, which both
+enforce POST policies as S3 does, with the differences the tests state) for a form over HTTP,
+tampers with it the way a hostile client could, posts it to the store, and checks both the
+store's answer and that nothing was stored.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ACME_KEY, WEB_KEY
 from tests.stack import Live, write_rules
+from tests.store_suite import live, store, verifying  # noqa: F401 - the store suite: SeaweedFS and Ceph RGW
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(64)
 
@@ -184,9 +186,6 @@ def test_changed_content_type_is_refused(live: Live, snapshot: dict[str, str]) -
     assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
 
 
-# SeaweedFS 4.48 checks coverage for x-amz-* fields and the ones it knows (acl, key, ...),
-# but stores an uncovered Content-Encoding, Content-Language or Expires where AWS S3 answers
-# "Extra input fields"; those cases are therefore only proven against AWS, not here.
 @pytest.mark.parametrize("extra", [
     pytest.param({"x-amz-meta-owner": "someone-else"}, id="user_metadata"),
     pytest.param({"x-amz-website-redirect-location": "https://evil.example/"}, id="website_redirect"),
@@ -201,16 +200,66 @@ def test_extra_uncovered_field_is_refused(live: Live, snapshot: dict[str, str],
 
     response = post_form(grant["url"], fields, PNG, "me.png", "image/png")
 
-    assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
+    if live.store.kind == "rgw" and "x-amz-storage-class" in extra:
+        # RGW 16.2 knows no STANDARD_IA placement and says so before it looks at the policy.
+        assert_refused(live, response, 400, {"InvalidArgument"}, snapshot, grant["key"])
+    else:
+        assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
+
+
+# SeaweedFS 4.48 checks coverage for x-amz-* fields and the ones it knows (acl, key, ...), but stores an
+# uncovered Content-Disposition, Cache-Control, Content-Encoding, Content-Language or Expires, and an
+# unknown field, where AWS S3 answers "Extra input fields"; the verifier catches the headers it stored
+# (tests/e2e/test_verification.py). Ceph RGW 16.2 refuses them all, as AWS does.
+@pytest.mark.parametrize("extra", [
+    pytest.param({"Content-Disposition": "inline; filename=page.html"}, id="content_disposition"),
+    pytest.param({"Cache-Control": "public, max-age=31536000"}, id="cache_control"),
+    pytest.param({"Content-Encoding": "gzip"}, id="content_encoding"),
+    pytest.param({"foo": "bar"}, id="unknown_field"),
+])
+def test_uncovered_content_fields_are_refused_by_rgw_and_stored_by_seaweedfs(
+        live: Live, snapshot: dict[str, str], extra: dict[str, str]) -> None:
+    clip = b"\x00\x00\x00\x18ftypisom" + os.urandom(2000)
+    grant = ask(live.url, "clip.mp4", "video/mp4", len(clip), "videos")  # a rule that signs none of them
+
+    response = post_form(grant["url"], {**grant["fields"], **extra}, clip, "clip.mp4", "video/mp4")
+
+    if live.store.kind == "rgw":
+        assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
+    else:
+        assert response.status_code == 201, response.text
+        assert stored(live, grant["key"]) == clip
 
 
 def test_changed_acl_is_refused(live: Live, snapshot: dict[str, str]) -> None:
+    """A signed acl changed is refused by both stores. A form that signs no acl: RGW refuses an added one (as
+    AWS does); SeaweedFS 4.48 takes it, so rules meant for SeaweedFS should sign an acl."""
     grant = ask(live.url, "me.png", "image/png", len(PNG), "avatars")
     fields = {**grant["fields"], "acl": "public-read"}
 
     response = post_form(grant["url"], fields, PNG, "me.png", "image/png")
 
-    assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
+    if "acl" in grant["fields"] or live.store.kind == "rgw":
+        assert_refused(live, response, 403, {"AccessDenied"}, snapshot, grant["key"])
+    else:
+        assert response.status_code == 201, response.text
+
+
+def test_an_acl_added_to_a_form_that_signs_none(live: Live, snapshot: dict[str, str]) -> None:
+    """A form signed without an acl condition (boto3's, not the broker's): RGW refuses an added acl, as AWS
+    does; SeaweedFS 4.48 takes it. A rule with `acl:` signs one, which both stores then hold to."""
+    key = f"uploads/acl-check/{os.urandom(8).hex()}.png"
+    form = live.s3.generate_presigned_post(live.bucket, key, Conditions=[["content-length-range", 1, 1000]],
+                                           ExpiresIn=60)
+
+    response = post_form(form["url"], {**form["fields"], "acl": "public-read"}, PNG, "me.png", "image/png")
+
+    if live.store.kind == "rgw":
+        assert_refused(live, response, 403, {"AccessDenied"}, snapshot, key)
+    else:
+        assert response.status_code == 204, response.text
+        assert stored(live, key) == PNG
+        live.s3.delete_object(Bucket=live.bucket, Key=key)
 
 
 # --------------------------------------------------------------------------- signature
@@ -344,3 +393,24 @@ def test_keys_are_unique_per_grant_and_reusing_fields_rewrites_only_their_own_ke
     assert (changed, set(after) - set(before)) == ({first["key"]}, set())
     assert stored(live, first["key"]) == replacement
     assert stored(live, second["key"]) == PNG
+
+
+# --------------------------------------------------------------------------- headers a rule sets
+
+
+def test_the_headers_a_rule_sets_are_stored_by_seaweedfs_and_dropped_by_rgw(live: Live) -> None:
+    """avatars signs Content-Disposition and Cache-Control into its forms. SeaweedFS stores both; Ceph RGW
+    16.2 takes the form and drops both (on a POST only), so on RGW the verifier rejects every upload of such a
+    rule (header_not_allowed): rules for RGW must not set them (docs/LOCAL.md, the store matrix)."""
+    grant = ask(live.url, "me.png", "image/png", len(PNG), "avatars")
+    assert {"Content-Disposition", "Cache-Control"} <= set(grant["fields"])
+
+    response = post_form(grant["url"], grant["fields"], PNG, "me.png", "image/png")
+
+    assert response.status_code == 201, response.text
+    head = live.s3.head_object(Bucket=live.bucket, Key=grant["key"])
+    kept = (head.get("ContentDisposition"), head.get("CacheControl"))
+    if live.store.kind == "rgw":
+        assert kept == (None, None)
+    else:
+        assert kept == (grant["fields"]["Content-Disposition"], grant["fields"]["Cache-Control"])

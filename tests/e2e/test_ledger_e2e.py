@@ -17,6 +17,7 @@ from tests.stack import Verifying
 from tests.test_sniff import png
 
 from tests.e2e.test_verification import assert_quarantined, assert_verified
+from tests.store_suite import live, store, verifying  # noqa: F401 - the store suite: SeaweedFS and Ceph RGW
 
 
 def grant(stack: Verifying, size: int) -> dict:

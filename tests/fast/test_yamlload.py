@@ -1,8 +1,10 @@
-"""The rules loader's YAML reader means exactly what PyYAML's safe C loader means.
+"""The rules loader's YAML reader means exactly what PyYAML's safe C loader means, duplicates refused.
 
-``broker.yamlload.Loader`` builds plain subtrees itself and leaves everything else to PyYAML, so
-each document below is read by both and must give the same values (types included), the
-same shared objects (anchors and aliases, cycles), or the same exception and message.
+``broker.fast.yamlload.Loader`` builds plain subtrees itself and leaves everything else to its
+slow twin ``UniqueKeyLoader`` (PyYAML's safe C loader that refuses a key written twice), so each
+document below is read by both and must give the same values (types included), the same shared
+objects (anchors and aliases, cycles), or the same exception and message. The twin itself is
+held to PyYAML: the same outcome for every document, except a duplicate key refused.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.fast.yamlload import Loader
+from broker.fast.yamlload import DuplicateKeyError, Loader, UniqueKeyLoader
 from tests.fast.twins import assert_twins_agree
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+PYYAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+REFERENCE = UniqueKeyLoader
 
 
 def shape(value: Any, ids: dict[int, int] | None = None) -> Any:
@@ -43,6 +46,10 @@ def outcome(text: str | bytes, loader: Any) -> Any:
 
 def assert_same(text: str | bytes) -> None:
     assert_twins_agree(lambda t: outcome(t, Loader), lambda t: outcome(t, REFERENCE), [text])
+    # ... and the twin is PyYAML, but for a key written twice (PyYAML then keeps the last value)
+    strict, pyyaml = outcome(text, REFERENCE), outcome(text, PYYAML)
+    assert strict == pyyaml or (strict[:2] == ("raised", "DuplicateKeyError") and pyyaml[0] != "raised"), \
+        f"{text!r}: UniqueKeyLoader {strict}, PyYAML {pyyaml}"
 
 
 DOCUMENTS = {
@@ -52,6 +59,24 @@ DOCUMENTS = {
     "nulls_and_empty": "a:\nb: null\nc: ''\nd: []\ne: {}\n'': empty key",
     "non_string_keys": "1: a\ntrue: b\n~: c\n2001-01-01: d\n1.5: e\n[1, 2]: f",
     "duplicate_keys": "a: 1\nb: 2\na: 3",
+    "duplicate_nested": "c:\n  web:\n    k: [1]\n    r: 2\n  web:\n    k: [3]",
+    "duplicate_three_times": "a: 1\na: 2\nb: 0\na: 3",
+    "duplicate_flow": "{a: 1, b: {x: 1, x: 2}, a: 2}",
+    "duplicate_equal_numbers": "1: a\n0x1: b\n1.0: c",
+    "duplicate_bool_and_int": "true: a\n1: b",
+    "duplicate_nan": ".nan: 1\n.NaN: 2",
+    "duplicate_quoted": "a: 1\n'a': 2\n\"a\": 3",
+    "duplicate_in_sequence_items": "- {a: 1, a: 2}\n- {b: 1}\n- {b: 1, b: 2}",
+    "duplicate_in_anchor": "x: &x {k: 1, k: 2}\ny: *x",
+    "duplicate_then_bad_int": "a: 1\na: 2\nb: !!int nope",
+    "duplicate_set": "a: !!set {x, x}",
+    "duplicate_in_tagged_map": "a: !!map {x: 1, x: 2}",
+    "duplicate_after_merge": "b: &b {x: 1}\nc:\n  <<: *b\n  y: 1\n  y: 2",
+    "merge_override_is_not_duplicate": "b: &b {x: 1}\nc:\n  <<: *b\n  x: 2",
+    "two_merge_keys": "a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: *a\n  <<: *b",
+    "merge_of_merged_anchor": "a: &a {x: 1}\nb: &b {<<: *a, x: 3}\nc: {<<: *b, z: 3}",
+    "duplicate_in_deep_nesting": "a: " + "[" * 80 + "{k: 1, k: 2}" + "]" * 80,
+    "duplicate_value_keys": "a: {=: 1, '=': 2}",
     "explicit_tags": "a: !!str 12\nb: !!int '7'\nc: !!float '2'\nd: !!bool 'true'\ne: !!null ''\n"
                      "f: !!binary aGVsbG8=\ng: !!set {x, y}\nh: !!omap [{a: 1}, {b: 2}]\ni: !!pairs [{a: 1}]",
     "tagged_collections": "a: !!seq [1, 2]\nb: !!map {x: 1}\nc: !!str [1]",
@@ -132,3 +157,59 @@ def test_token_soup_reads_as_pyyaml_reads_it(tokens: list[str]) -> None:
 def test_dumped_values_read_as_pyyaml_reads_them(value: Any, shared: bool, flow: bool) -> None:
     doc = {"one": value, "two": value if shared else [value]}  # shared: anchors and aliases
     assert_same(yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True))
+
+
+@pytest.mark.parametrize("text, key, first, again", [
+    pytest.param("a: 1\nb: 2\na: 3", "a", (1, 1), (3, 1), id="top_level"),
+    pytest.param("c:\n  web:\n    k: 1\n  web:\n    k: 2", "web", (2, 3), (4, 3), id="nested"),
+    pytest.param("r:\n  - {max_bytes: 1, max_bytes: 2}", "max_bytes", (2, 6), (2, 20), id="flow_in_sequence"),
+])
+def test_duplicate_key_names_both_places(text: str, key: str, first: tuple[int, int], again: tuple[int, int]) -> None:
+    for loader in (Loader, UniqueKeyLoader):
+        with pytest.raises(DuplicateKeyError) as caught:
+            yaml.load(text, Loader=loader)
+        [dup] = caught.value.duplicates
+        assert dup.key == key
+        assert (dup.first.line + 1, dup.first.column + 1) == first
+        assert (dup.again.line + 1, dup.again.column + 1) == again
+        assert f"found duplicate key {key!r}, first written at line {first[0]}, column {first[1]}" in str(caught.value)
+
+
+def test_every_duplicate_is_listed_in_text_order() -> None:
+    text = "z: {k: 1, k: 2}\na: 1\na: 2\nm:\n  - {q: 1, q: 2}"
+    for loader in (Loader, UniqueKeyLoader):
+        with pytest.raises(DuplicateKeyError) as caught:
+            yaml.load(text, Loader=loader)
+        assert [(d.key, d.again.line + 1) for d in caught.value.duplicates] == [("k", 1), ("a", 3), ("q", 5)]
+
+
+def test_a_merge_key_and_an_override_are_not_duplicates() -> None:
+    assert yaml.load("b: &b {x: 1}\nc: {<<: *b, x: 2}", Loader=Loader) == {"b": {"x": 1}, "c": {"x": 2}}
+
+
+# Mappings with keys drawn from a few spellings of a few values: many are written twice
+# ('a' and "'a'", 1 and 0x1 and 1.0 and true), some beside merge keys (<<) and value keys (=).
+DUP_KEYS = st.sampled_from(["a", "'a'", "b", "1", "0x1", "1.0", "true", "~", "=", "<<"])
+DUP_SCALARS = st.sampled_from(["1", "x", "'y'", "[]", "{}", "~", "yes", "2001-12-14", "!!int 3", "!!str z"])
+DUP_NODES = st.recursive(DUP_SCALARS, lambda inner: (
+    st.lists(inner, max_size=3).map(lambda items: "[" + ", ".join(items) + "]")
+    | st.lists(st.tuples(DUP_KEYS, inner), max_size=4).map(
+        lambda pairs: "{" + ", ".join(f"{key}: {value}" for key, value in pairs) + "}")), max_leaves=10)
+
+
+@given(text=DUP_NODES, anchored=st.booleans())
+@FUZZ
+def test_mappings_with_keys_written_twice_read_alike(text: str, anchored: bool) -> None:
+    assert_same(f"x: &n {text}\ny: *n\nz: {{<<: *n}}" if anchored and text.startswith("{") else text)
+
+
+def test_the_duplicate_fuzz_finds_duplicates() -> None:
+    found = {"refused": 0, "read": 0}
+
+    @given(text=DUP_NODES)
+    @FUZZ
+    def count(text: str) -> None:
+        found["refused" if outcome(text, REFERENCE)[:2] == ("raised", "DuplicateKeyError") else "read"] += 1
+
+    count()
+    assert found["refused"] >= 30 and found["read"] >= 30, found

@@ -1,4 +1,4 @@
-"""Against SeaweedFS (which checks signatures and part sizes like S3): the size rule at completion.
+"""Against SeaweedFS and Ceph RGW (which both check signatures and part sizes like S3): the size rule at completion.
 
 A broker in process (rules with ``videos`` limited to 6 MiB) over the session's real store:
 uploads of 5 MiB + 1 MiB complete and store exactly those bytes; 5 MiB + 2 MiB are refused at
@@ -22,6 +22,7 @@ from tests.conftest import audit_lines
 from tests.protocols import fu
 from tests.protocols.conftest import call, rules_with
 from tests.protocols.fu import FineUploaderClient
+from tests.store_suite import live, store, verifying  # noqa: F401 - the store suite: SeaweedFS and Ceph RGW
 
 MiB = 1024 * 1024
 BUCKET = "broker-uploads"

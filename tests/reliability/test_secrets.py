@@ -28,6 +28,8 @@ FIELD_PATTERNS = [
     re.compile(r"(?i)x-amz-security-token\W{1,4}[A-Za-z0-9+/=]{16,}"),
     re.compile(r"(?i)aws_secret_access_key\W{1,4}\S{8,}"),
     re.compile(r"(?i)x-api-key\W{1,4}[A-Za-z0-9_\-]{8,}"),
+    # an audit line names the API key used by 8 hex characters of its stored hash, never more
+    re.compile(r'(?i)"key_fingerprint"\s*:\s*"[^"]{9,}"'),
 ]
 HEX64 = re.compile(r"[0-9a-f]{64}")
 STORE_FILES = {"weed.log", "s3-identities.json", "credentials.json"}
@@ -69,9 +71,11 @@ def test_the_scanner_finds_what_it_looks_for() -> None:
     planted = [("log", "x s3cr3t-signing-key y"), ("audit", '{"k":"' + "a" * 64 + '"}'),
                ("stderr", '"x-amz-signature": "' + "b" * 64 + '"'),
                ("stdout", "X-Amz-Security-Token=FwoGZXIvYXdzEJr0123456789"),
-               ("clean", '{"decision":"allowed","key":"uploads/web-app/avatars/' + "c" * 32 + '.png"}')]
+               ("fingerprint", '{"key_fingerprint":"demo-web-app-key"}'),
+               ("clean", '{"decision":"allowed","key":"uploads/web-app/avatars/' + "c" * 32 + '.png",'
+                         '"key_fingerprint":"0123abcd"}')]
     found = find_secrets(planted, secrets)
-    assert [f.split(":")[0] for f in found] == ["log", "audit", "stderr", "stdout"], found
+    assert [f.split(":")[0] for f in found] == ["log", "audit", "stderr", "stdout", "fingerprint"], found
 
 
 def test_no_secret_in_any_log_or_audit_line(watch: SecretsWatch, tmp_path_factory: pytest.TempPathFactory,

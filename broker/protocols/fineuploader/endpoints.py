@@ -6,7 +6,10 @@ Routes (all need the client's credentials, e.g. ``x-api-key``):
   host, bucket, region, the broker's access key id) and the client's profiles.
 - ``POST /fineuploader/key``: the broker's decision for one file (body as ``POST /uploads``).
   Allowed: the server-random key, the params and ACL the page must set for that file, and a
-  grant token (:mod:`broker.core.grants`) the page sends back in ``x-upload-grant``.
+  grant token (:mod:`broker.core.grants`) the page sends back in ``x-upload-grant``. With
+  ``?resume=<key>`` (Fine Uploader resuming an interrupted chunked upload): that key instead, if
+  the store still holds the unfinished upload and the key is this client's rule's (and user's),
+  :mod:`broker.core.resume`; otherwise a denial saying why, so the file fails at once.
 - ``POST /fineuploader/signature?v4=true``: signs a policy document (simple upload) or a
   string to sign (chunked upload) **only** after checking it against the re-evaluated rules
   and the token (``policy``, ``canonical`` beside this module); completion of a chunked
@@ -23,11 +26,12 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from broker.audit import public_conditions
 from broker.core.grants import TOKEN_HEADER, GrantToken, TokenError, issue_token, key_matches, verify_token
 from broker.core.multipart import MIN_PART_BYTES, max_parts, size_decision, with_outcome
+from broker.core.resume import resume_problem
 from broker.core.sizes import human_size
 from broker.errors import BrokerError, InvalidRequest
 from broker.models import Check, Client, Decision, Rule, RuleSet, SignedPost, UploadRequest
@@ -46,6 +50,15 @@ PROTOCOL = "fineuploader"
 # Object fields Fine Uploader sends from a file's params, unprefixed; x-amz-meta-* lose the prefix.
 _PARAM_FIELDS = ("Cache-Control", "Content-Disposition", "x-amz-server-side-encryption",
                  "x-amz-server-side-encryption-aws-kms-key-id")
+#: Fine Uploader always sends an ACL (its objectProperties.acl); for a rule without ``acl`` this
+#: one is granted. Buckets with ACLs disabled refuse it: their Fine Uploader rules set
+#: ``acl: bucket-owner-full-control`` (docs/DEPLOY.md).
+DEFAULT_ACL = "private"
+
+
+def _with_acl(fields: Mapping[str, str]) -> dict[str, str]:
+    """The grant's fields as Fine Uploader sends them: always with an ``acl``."""
+    return {"acl": DEFAULT_ACL, **fields}
 
 
 def handlers(broker: "Broker") -> dict[tuple[str, str], Any]:
@@ -144,7 +157,12 @@ class FineUploader:
             decision = common.deny(client.id, decision.profile, Check.CONDITION_NOT_ALLOWED,
                                    f"{decision.profile} stores files as {storage}, which Fine Uploader "
                                    "cannot request; use the native API or Uppy", actual=storage)
-        decision = call.broker.record(call, client, decision, request)
+        resume = call.request.query_one("resume")
+        upload_id = None
+        if resume is not None:  # continue an interrupted chunked upload under its original key
+            decision, upload_id = self._resumed(call, client, decision, resume)
+        else:
+            decision = call.broker.record(call, client, decision, request)
         if not decision.allowed or decision.grant is None:
             call.broker.emit(common.record(call, event="fineuploader_key", decision=decision, request=request))
             return denial_response(decision)
@@ -157,14 +175,14 @@ class FineUploader:
             filename=request.filename, content_type=request.content_type, size=request.size,
             expires_at=expires_at, metadata=dict(request.metadata)), self.secret)
         call.broker.emit(common.record(call, event="fineuploader_key", decision=decision, request=request,
-                                       expires_at=_iso(expires_at)))
+                                       expires_at=_iso(expires_at), upload_id=upload_id))
         return HttpResponse.json(200, {
             "key": grant.key,
             "grantId": grant_id_for(grant.bucket, grant.key),
             "bucket": grant.bucket,
             "endpoint": call.broker.store.sigv4.bucket_url(grant.bucket).rstrip("/"),
             "region": rule.region,
-            "acl": grant.fields.get("acl", "private"),
+            "acl": _with_acl(grant.fields)["acl"],
             "contentType": grant.content_type,
             "params": object_params(grant.fields),
             "grant": token,
@@ -175,6 +193,31 @@ class FineUploader:
             "multipart": rule.multipart,
             "profile": grant.profile,
         })
+
+    def _resumed(self, call: "Call", client: Client, decision: Decision, key: str) -> tuple[Decision, str | None]:
+        """The decision bound to ``key``, an interrupted upload Fine Uploader resumes, if it may go on.
+
+        The file itself is decided afresh (rules in force, the session's limits); the key must be
+        one this client's rule (and user) gets, with an unfinished upload in the store, and, where
+        the ledger knows it, granted to this client, profile and user. Its grant was recorded in
+        the ledger when first issued, so it is not counted again. Denied: why, and what to do.
+        """
+        if not decision.allowed or decision.grant is None:
+            return decision, None
+        rule = client.rules[decision.grant.profile]
+        bucket = decision.grant.bucket
+        if len(key) > 1024:
+            return common.deny(client.id, rule.name, Check.KEY_NOT_GRANTED, "resume: the key is too long"), None
+        recorded = None
+        if call.broker.ledger is not None:
+            found = call.broker.ledger.get(grant_id_for(bucket, key))
+            recorded = (found.client, found.profile, found.user) if found is not None else None
+        unfinished = call.broker.store.unfinished_uploads(bucket, key) if rule.multipart else []
+        problem = resume_problem(rule, key, user=call.user(), unfinished=unfinished, recorded=recorded)
+        if problem is not None:
+            return common.deny(client.id, rule.name, Check.KEY_NOT_GRANTED, f"cannot resume: {problem}",
+                               actual=key[:200]), None
+        return common.with_key(decision, bucket, key), unfinished[-1]
 
     # ------------------------------------------------------------------ signature
 
@@ -223,7 +266,7 @@ class FineUploader:
         not_after = min(call.now + timedelta(seconds=lifetime),
                         from_unix(token.expires_at))
         return SigningLimits(
-            bucket=grant.bucket, key=grant.key, filename=token.filename, fields=dict(grant.fields),
+            bucket=grant.bucket, key=grant.key, filename=token.filename, fields=_with_acl(grant.fields),
             min_bytes=grant.min_bytes, max_bytes=grant.max_bytes, region=rule.region,
             access_key_id=facts.access_key_id, session_token=facts.session_token, now=call.now,
             not_after=not_after, multipart=rule.multipart, max_parts=max_parts(grant.max_bytes),
