@@ -22,8 +22,8 @@ def _record(request_id: str, status: int) -> bytes:
 
 def _results(n: int) -> list[Result]:
     planned = Planned("malformed_json", "demo-web-app-key", b"{", frozenset({400}), {})
-    body = json.dumps({"error": "invalid_request", "message": "bad"}).encode()
-    return [Result(planned, 400, body, f"id-{i}", 0.001 * (i + 1)) for i in range(n)]
+    return [Result(planned, 400, json.dumps({"error": "invalid_request", "message": "bad", "request_id": f"id-{i}"})
+                   .encode(), f"id-{i}", 0.001 * (i + 1)) for i in range(n)]
 
 
 def _write(work: Path, lines: bytes) -> None:
@@ -87,7 +87,8 @@ def test_the_request_mix_is_seeded_and_varied() -> None:
 
 def _stalled(request_id: str, seconds: float, error: str | None = None) -> Result:
     planned = Planned(STALL_KIND, "demo-web-app-key", b"", frozenset({408}), {})
-    body = json.dumps({"error": "request_timeout", "message": "the request body did not arrive within 10 s"})
+    body = json.dumps({"error": "request_timeout", "message": "the request body did not arrive within 10 s",
+                       "request_id": request_id})
     return Result(planned, 408 if error is None else 0, body.encode(), request_id, seconds, error)
 
 
