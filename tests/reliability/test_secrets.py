@@ -32,7 +32,9 @@ FIELD_PATTERNS = [
     re.compile(r'(?i)"key_fingerprint"\s*:\s*"[^"]{9,}"'),
 ]
 HEX64 = re.compile(r"[0-9a-f]{64}")
-STORE_FILES = {"weed.log", "s3-identities.json", "credentials.json"}
+# The stores' own logs and files (SeaweedFS; the Ceph daemons of broker/dev/rgw.py: radosgw logs
+# request URLs, presigned query strings included): what the store writes, not what the broker does.
+STORE_FILES = {"weed.log", "s3-identities.json", "credentials.json", "client.rgw.a.log", "mon.a.log", "osd.0.log"}
 
 
 def _texts(watch: SecretsWatch, basetemp: Path) -> list[tuple[str, str]]:
