@@ -33,18 +33,16 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from broker.dev.store import (
     ENV_BASE_PORT,
     ENV_S3_PORT,
+    S3Endpoint,
     StoreError,
     _load_or_create_credentials,
     _int_env,
     _tail,
-    ensure_bucket,
     port_is_free,
-    s3_client_for,
 )
 from broker.errors import StoreUnavailable
 from broker.s3.store import S3Store
@@ -169,7 +167,7 @@ rgw dns name = {self.host}
 """
 
 
-class Rgw:
+class Rgw(S3Endpoint):
     """A one-node Ceph cluster with radosgw serving S3 on config.s3_port (started by start())."""
 
     kind = KIND
@@ -356,31 +354,7 @@ class Rgw:
                 process.kill()
                 process.wait()
 
-    def __enter__(self) -> Rgw:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- clients and buckets -------------------------------------------------
-
-    def s3_client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this store (SigV4, path-style, us-east-1); config goes to botocore Config."""
-        return s3_client_for(self.endpoint_url, self.config.access_key, self.config.secret_key, **config)
-
-    def ensure_bucket(self, bucket: str, cors_rules: list[dict[str, Any]] | None = None) -> str:
-        """Create bucket if missing, set its CORS rules if given, and return its name."""
-        ensure_bucket(self.s3_client(), bucket, cors_rules)
-        return bucket
-
-    def set_lifecycle(self, bucket: str, rules: list[dict[str, Any]]) -> None:
-        """Set the bucket's lifecycle rules."""
-        try:
-            S3Store(self.s3_client()).set_lifecycle(bucket, rules)
-        except StoreUnavailable as exc:
-            raise StoreError(exc.message) from exc
+    # -- clients and buckets: S3Endpoint's; and notifications ---------------------
 
     def notify(self, bucket: str, push_endpoint: str, prefixes: Sequence[str] = ("",)) -> str:
         """Send ``bucket``'s object-created events under ``prefixes`` to ``push_endpoint`` (HTTP POST of

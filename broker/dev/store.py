@@ -343,7 +343,61 @@ class Webhook:
 NOTIFICATION_FILE = "notification.toml"
 
 
-class Store:
+class S3Endpoint:
+    """What a local store serving S3 offers the tests and ``make run`` (SeaweedFS here, Ceph RGW in
+    broker/dev/rgw.py): a client, buckets and their lifecycle, and ``with`` to start and stop it.
+
+    A subclass has ``config`` (access and secret key), ``endpoint_url``, ``running``, ``start()``
+    and ``stop()``.
+    """
+
+    config: Any
+
+    @property
+    def endpoint_url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def s3_client(self, **config: Any) -> Any:
+        """A boto3 S3 client for this store (SigV4, path-style, us-east-1); config goes to botocore Config."""
+        return s3_client_for(self.endpoint_url, self.config.access_key, self.config.secret_key, **config)
+
+    def ensure_bucket(self, bucket: str, cors_rules: list[dict[str, Any]] | None = None) -> str:
+        """Create bucket in this store if missing, set its CORS rules if given, and return its name."""
+        ensure_bucket(self.s3_client(), bucket, cors_rules)
+        return bucket
+
+    def set_lifecycle(self, bucket: str, rules: list[dict[str, Any]]) -> None:
+        """Set the bucket's lifecycle rules (SeaweedFS applies them in its maintenance worker)."""
+        try:
+            S3Store(self.s3_client()).set_lifecycle(bucket, rules)
+        except StoreUnavailable as exc:
+            raise StoreError(exc.message) from exc
+
+
+class Store(S3Endpoint):
     """A running (or startable) SeaweedFS ``weed mini`` process serving S3 on config.s3_port."""
 
     kind = "seaweedfs"
@@ -517,36 +571,6 @@ class Store:
                 process.kill()
                 process.wait()
 
-    def __enter__(self) -> Store:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- clients -------------------------------------------------------------
-
-    def s3_client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this store (SigV4, path-style, us-east-1); config goes to botocore Config."""
-        return s3_client_for(self.endpoint_url, self.config.access_key, self.config.secret_key, **config)
-
-    def ensure_bucket(self, bucket: str, cors_rules: list[dict[str, Any]] | None = None) -> str:
-        """Create bucket in this store if missing, set its CORS rules if given, and return its name."""
-        ensure_bucket(self.s3_client(), bucket, cors_rules)
-        return bucket
-
-    def set_lifecycle(self, bucket: str, rules: list[dict[str, Any]]) -> None:
-        """Set the bucket's lifecycle rules (SeaweedFS applies them in its maintenance worker)."""
-        try:
-            S3Store(self.s3_client()).set_lifecycle(bucket, rules)
-        except StoreUnavailable as exc:
-            raise StoreError(exc.message) from exc
 
 
 __all__ = [
