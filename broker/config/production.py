@@ -98,8 +98,8 @@ def _demo_keys(ruleset: RuleSet, mode: AuthMode) -> Iterator[Refusal]:
                     f"{client.path}.api_key_sha256[{j}]",
                     f"client '{client.id}': API key {key_fingerprint(digest)} is the demo key '{demo}' of the "
                     "repository's rules.yaml; anyone who has read the repository can use it",
-                    "make a key with `broker hash-key`, give it to the client, and put its api_key_sha256 "
-                    "in place of this one", client.id)
+                    f"make a key with `broker hash-key --client {client.id}`, give it to the client, and put the "
+                    "list it prints in place of this one", client.id)
 
 
 def _origins(ruleset: RuleSet, mode: AuthMode) -> Iterator[Refusal]:

@@ -37,4 +37,4 @@ def human_size(n: int) -> str:
     for unit, size in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
+    return "1 byte" if n == 1 else f"{n} bytes"

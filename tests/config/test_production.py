@@ -144,7 +144,7 @@ def test_check_production_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "production refusal(s) with --auth api-key" in err
     line = next(n for n, text in enumerate(SAMPLE.splitlines(), 1) if "80829424f2" in text)
     assert f"{ROOT / 'rules.yaml'}:{line}: client 'web-app': API key 80829424 is the demo key" in err
-    assert "fix: make a key with `broker hash-key`" in err
+    assert "fix: make a key with `broker hash-key --client web-app`" in err
     assert "principal 'group:mobile-users'" in err and "--auth jwt" in err
     clean = tmp_path / "prod.yaml"
     clean.write_text(without(CLEAN, "web", "partner"))

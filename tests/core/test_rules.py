@@ -136,7 +136,8 @@ def test_an_api_key_wins_over_principals(ruleset: Any) -> None:
 
 
 @pytest.mark.parametrize("n, text", [(5 * 1024**2, "5 MiB"), (12_000_000, "12 MB"), (1500, "1.5 kB"),
-                                     (999, "999 bytes"), (2 * 1024**3, "2 GiB")])
+                                     (999, "999 bytes"), (1, "1 byte"), (0, "0 bytes"),
+                                     (2 * 1024**3, "2 GiB")])
 def test_human_size(n: int, text: str) -> None:
     assert human_size(n) == text
 
