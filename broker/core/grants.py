@@ -21,12 +21,12 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping
 
-from broker.core.keys import PLACEHOLDERS, parse_template
+from broker.core.keys import PLACEHOLDERS, parse_template, user_slug
 from broker.timefmt import from_unix, iso_z
 from broker.models import Client, Rule
 
@@ -168,6 +168,16 @@ def key_matches(rule: Rule, key: str) -> bool:
     if ".." in key or "//" in key or len(key.encode("utf-8")) > 1024:
         return False
     return _key_regex(rule.key_template, rule.client, rule.name).fullmatch(key) is not None
+
+
+def key_is_users(rule: Rule, key: str, user: str | None) -> bool:
+    """Whether ``key`` has the shape ``rule``'s template produces for ``user`` (a template without
+    ``{user}``: for anyone; with it: only for that user, never when no user is known)."""
+    if "{user}" not in rule.key_template:
+        return key_matches(rule, key)
+    if not user:
+        return False
+    return key_matches(replace(rule, key_template=rule.key_template.replace("{user}", user_slug(user))), key)
 
 
 def rules_for_key(client: Client, key: str) -> tuple[Rule, ...]:

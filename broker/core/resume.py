@@ -14,11 +14,9 @@ Otherwise the answer says why and what the developer can do. The facts are passe
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
-from broker.core.grants import key_matches
-from broker.core.keys import user_slug
+from broker.core.grants import key_is_users
 from broker.models import Rule
 
 START_AGAIN = ("the page must forget the file's resume record (Fine Uploader keeps it in localStorage under "
@@ -31,14 +29,12 @@ def resume_problem(rule: Rule, key: str, *, user: str | None, unfinished: Sequen
     for the key; ``recorded``: (client, profile, user) of the ledger's grant for it, if the ledger has one."""
     if not rule.multipart:
         return f"{rule.name} does not allow chunked uploads, so there is nothing to resume; {START_AGAIN}"
-    shape = rule
-    if "{user}" in rule.key_template:
-        if not user:
-            return f"{rule.name} keeps each user's files apart, and this call names no user; {START_AGAIN}"
-        shape = replace(rule, key_template=rule.key_template.replace("{user}", user_slug(user)))
-    if not key_matches(shape, key):
+    per_user = "{user}" in rule.key_template
+    if per_user and not user:
+        return f"{rule.name} keeps each user's files apart, and this call names no user; {START_AGAIN}"
+    if not key_is_users(rule, key, user):
         return (f"the interrupted upload's key {key[:200]} is not one {rule.name} grants to {rule.client}"
-                f"{' for this user' if shape is not rule else ''} (another profile, client or user, or the "
+                f"{' for this user' if per_user else ''} (another profile, client or user, or the "
                 f"rule's key changed); {START_AGAIN}")
     if recorded is not None and tuple(recorded) != (rule.client, rule.name, user):
         return (f"the interrupted upload of {key[:200]} was granted to another client, profile or user; "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidRequest
-from broker.core.grants import rules_for_key
+from broker.core.grants import key_is_users, rules_for_key
 from broker.models import Check, Client, Decision, Rule, RuleSet, UploadRequest
 from broker.core.multipart import MAX_PARTS, max_parts, size_decision, with_outcome
 from broker.core.sizes import human_size
@@ -179,6 +179,16 @@ class Companion:
         elif not matches[0].multipart:
             problem = common.deny(client.id, matches[0].name, Check.MULTIPART_NOT_ALLOWED,
                                   f"{matches[0].name} does not allow multipart uploads")
+        elif call.session is not None and matches[0].name not in call.session.profiles:
+            problem = common.deny(client.id, matches[0].name, Check.SESSION_PROFILE_NOT_ALLOWED,
+                                  f"{key[:200]} is a {matches[0].name} upload, and this session may upload only "
+                                  f"{', '.join(call.session.profiles)}")
+        elif not key_is_users(matches[0], key, call.user()):
+            problem = common.deny(client.id, matches[0].name, Check.KEY_NOT_GRANTED,
+                                  f"{key[:200]} is another user's upload ({matches[0].name} keeps each user's "
+                                  "files apart)") if call.user() else \
+                common.deny(client.id, matches[0].name, Check.USER_REQUIRED,
+                            f"{key[:200]} belongs to one user of {matches[0].name}, and this call names none")
         if problem is not None:
             return _deny(call, event, problem, key=key[:1024], upload_id=upload_id)
         return Granted(ruleset, client, matches[0], key, upload_id)

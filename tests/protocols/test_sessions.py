@@ -305,6 +305,61 @@ def test_max_files_is_counted_by_the_ledger(make: Callable[..., Any], tmp_path: 
     assert call(broker, "POST", "/uploads", AVATAR, api_key=None, headers=bearer(other)).status == 200
 
 
+# --------------------------------------------------------------------------- multipart's later steps
+
+
+@pytest.fixture
+def mb(make_broker: Callable[..., Any]) -> Any:
+    """The session rules plus ``big``: multipart, one folder per user."""
+    doc = yaml.safe_load(session_rules())
+    doc["clients"]["web-app"]["rules"].append(
+        {"name": "big", "key": "big/{client}/{user}/{uuid}{ext}", "max_bytes": "1 GiB", "multipart": True,
+         "content_types": ["video/mp4"], "extensions": [".mp4"]})
+    return make_broker(yaml.safe_dump(doc, sort_keys=False), grant_secret=SECRET, new_id=unique_id,
+                       session_secret=SESSION_SECRET)
+
+
+def _started(broker: Any, token: str, profile: str, filename: str, content_type: str) -> tuple[str, str]:
+    answer = call(broker, "POST", "/s3/multipart", {"filename": filename, "type": content_type,
+                                                    "metadata": {"profile": profile}},
+                  api_key=None, headers=bearer(token))
+    assert answer.status == 200, answer
+    return answer.body["key"], answer.body["uploadId"]
+
+
+def _sign_part(broker: Any, token: str, key: str, upload_id: str) -> Any:
+    return call(broker, "GET", f"/s3/multipart/{upload_id}/1", api_key=None, headers=bearer(token),
+                query={"key": key})
+
+
+def test_a_multipart_upload_continues_only_in_its_own_users_session(mb: Any, audit_stream: io.StringIO) -> None:
+    """Signing a part re-checks the session: its user (for a {user} key) and its profiles."""
+    sb = mb
+    alice = token_for(sb, user="alice")
+    key, upload_id = _started(sb, alice, "big", "film.mp4", "video/mp4")
+    assert key.startswith("big/web-app/alice/")
+    assert _sign_part(sb, alice, key, upload_id).status == 200
+    bob = _sign_part(sb, token_for(sb, user="bob"), key, upload_id)
+    assert bob.status == 403 and bob.body["check"] == "key_not_granted", bob
+    assert "another user's upload" in bob.body["message"]
+    nobody = _sign_part(sb, token_for(sb), key, upload_id)
+    assert nobody.status == 403 and nobody.body["check"] == "user_required", nobody
+    avatars_only = _sign_part(sb, token_for(sb, user="alice", profiles=["avatars"]), key, upload_id)
+    assert avatars_only.status == 403 and avatars_only.body["check"] == "session_profile_not_allowed", avatars_only
+    denied = [r for r in audit_lines(audit_stream) if r.get("decision") == "denied"]
+    assert [(r["protocol"], r["check"]) for r in denied] == [
+        ("companion", "key_not_granted"), ("companion", "user_required"),
+        ("companion", "session_profile_not_allowed")]
+
+
+def test_a_per_user_upload_needs_its_user_with_an_api_key_too(mb: Any) -> None:
+    """As when it was started: a {user} key is continued only by a call that names that user."""
+    sb = mb
+    key, upload_id = _started(sb, token_for(sb, user="alice"), "big", "film.mp4", "video/mp4")
+    answer = call(sb, "GET", f"/s3/multipart/{upload_id}/1", query={"key": key})
+    assert answer.status == 403 and answer.body["check"] == "user_required", answer
+
+
 # --------------------------------------------------------------------------- {user} in keys
 
 
