@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-pytest_plugins = ["tests.stack"]
+pytest_plugins = ["tests.stack", "tests.ci_skips"]
 
 #: Test tiers as markers (``make test`` runs them all; ``make test-fast`` none of them):
 #: ``store`` needs a real store (SeaweedFS; Ceph RGW too in tests.stack.STORE_SUITE), ``browser`` a real
