@@ -108,12 +108,13 @@ def _check_production(path: str, ruleset: Any, auth: str | None, overrides: str 
             return 2
         auth = stack_auth
     auth = auth or "api-key"
-    try:
-        with open(path, "rb") as fh:
-            lines = production.line_index(fh.read())
-    except OSError:
-        lines = {}
-    found = production.refusals(ruleset, auth=auth, lines=lines)
+    found = production.refusals(ruleset, auth=auth)
+    if found:
+        try:
+            with open(path, "rb") as fh:
+                found = production.placed(found, fh.read())
+        except OSError:
+            pass
     mode = production.AUTH_MODES[auth]
     if not found:
         print(f"{path}: fit for production with --auth {auth} ({mode.stack})")
@@ -562,7 +563,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not rows:
         print("no grants in that period" + (f" for client {args.client}" if args.client else ""))
         return 0
-    from broker.core.sizes import human_size
 
     def cells(row: Any, label: list[str]) -> list[str]:
         return [*label, *(human_size(row.bytes) if name == "bytes" else str(getattr(row, name))

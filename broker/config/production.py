@@ -10,14 +10,15 @@ authentication mode, everything that is fine for ``make run`` but wrong in produ
 - **identities the stack can never produce**, so the client they name can never be recognised,
   or was meant for another stack: see :data:`AUTH_MODES`.
 
-Each :class:`Refusal` names the client or field, its JSON path, the line when a line index is
-given (:func:`line_index`, from the file's text), and how to fix it. ``make package`` runs the
-same checks before it builds anything.
+Each :class:`Refusal` names the client or field, its JSON path, the line once :func:`placed`
+has found it in the file's text (read only when something is refused), and how to fix it.
+``make package`` runs the same checks before it builds anything.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from broker.core.rules import api_key_hash
 from broker.core.rulesdiff import key_fingerprint
@@ -148,40 +149,39 @@ def _principals(client: Client, mode: AuthMode) -> Iterator[Refusal]:
 CHECKS: tuple[Callable[[RuleSet, AuthMode], Iterator[Refusal]], ...] = (_demo_keys, _origins, _identities)
 
 
-def refusals(ruleset: RuleSet, *, auth: str = "api-key", lines: Mapping[str, int] | None = None) -> list[Refusal]:
-    """Everything in ``ruleset`` unfit for a stack with ``auth``; ``lines`` maps JSON paths to lines."""
+def refusals(ruleset: RuleSet, *, auth: str = "api-key") -> list[Refusal]:
+    """Everything in ``ruleset`` unfit for a stack with ``auth`` (lines: :func:`placed`)."""
     mode = AUTH_MODES.get(auth)
     if mode is None:
         raise ValueError(f"unknown auth mode {auth!r}; one of: {', '.join(AUTH_MODES)}")
-    found = [r for check in CHECKS for r in check(ruleset, mode)]
-    if lines:
-        found = [Refusal(r.path, r.message, r.fix, r.client, lines.get(r.path)) for r in found]
-    return found
+    return [r for check in CHECKS for r in check(ruleset, mode)]
 
 
-def line_index(text: str | bytes) -> dict[str, int]:
-    """JSON path (as the loader writes it: ``$.clients.web-app.rules[0]``) -> 1-based line.
+def placed(found: list[Refusal], text: str | bytes) -> list[Refusal]:
+    """``found`` with the line of each in the rules ``text`` (composed only when ``found`` is not empty)."""
+    if not found:
+        return found
+    lines = lines_of(text, [r.path for r in found])
+    return [dataclasses.replace(r, line=lines.get(r.path)) for r in found]
 
-    Read from the YAML node marks (JSON is read as YAML too); empty when the text does not parse,
-    since the lines only decorate refusals of rules that already loaded.
+
+def lines_of(text: str | bytes, paths: Iterable[str]) -> dict[str, int]:
+    """JSON path (as the loader writes it: ``$.clients.web-app.rules[0]``) -> 1-based line, for
+    those of ``paths`` written in ``text`` (:func:`broker.config.where.locate`; JSON is read as YAML).
+
+    Empty when the text does not parse, since the lines only decorate refusals of rules that
+    already loaded.
     """
     import yaml
 
+    from broker.config.where import YamlTree, locate
+
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (yaml.YAMLError, ValueError):
         return {}
-    index: dict[str, int] = {}
-    stack: list[tuple[Any, str]] = [(root, "$")] if root is not None else []
-    while stack:
-        node, path = stack.pop()
-        index.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = f"{path}.{key.value}"
-                index[child] = key.start_mark.line + 1  # a later duplicate wins, as in the loader
-                stack.append((value, child))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                stack.append((item, f"{path}[{i}]"))
-    return index
+    if root is None:
+        return {}
+    tree = YamlTree(root)
+    found = {path: locate(tree, path, exact=True) for path in paths}
+    return {path: at[0] for path, at in found.items() if at is not None}

@@ -151,8 +151,8 @@ def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
         ruleset = load_rules_file(rules)
     except RulesError as exc:
         raise PackageError(f"refusing to package rules that do not load:\n{exc.message}") from None
-    refused = [r.words(str(rules)) for r in production.refusals(
-        ruleset, auth=auth, lines=production.line_index(rules.read_bytes()))]
+    found = production.refusals(ruleset, auth=auth)
+    refused = [r.words(str(rules)) for r in (production.placed(found, rules.read_bytes()) if found else ())]
     if refused and not allow_demo:
         raise PackageError(
             f"refusing to package rules that are not fit for production (--auth {auth}):\n"
@@ -190,6 +190,8 @@ def build(*, rules: Path, out: Path, python_version: str = LAMBDA_PYTHON,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m broker.deploy.package``: build the zip and template, print a summary."""
+    from broker.config.production import AUTH_MODES
+
     parser = argparse.ArgumentParser(
         prog="python -m broker.deploy.package",
         description="Build build/lambda.zip and build/template.yaml for one rules file.")
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="use the Lambda runtime's boto3 instead of the pinned one")
     parser.add_argument("--bytecode-python", help="interpreter of the target version to compile bytecode "
                                                   "with (default: this one or pythonX.Y on PATH)")
-    parser.add_argument("--auth", choices=["api-key", "jwt", "lambda"], default="api-key",
+    parser.add_argument("--auth", choices=list(AUTH_MODES), default="api-key",
                         help="how the stack recognises callers (as broker check --production --auth): api-key "
                              "(JwtIssuer and LambdaAuthorizerArn empty), jwt (JwtIssuer set) or lambda "
                              "(LambdaAuthorizerArn set); default: api-key")

@@ -42,7 +42,7 @@ clients:
 
 
 def refused(text: str, auth: str = "api-key") -> list[production.Refusal]:
-    return production.refusals(load_rules(text, source="r.yaml"), auth=auth, lines=production.line_index(text))
+    return production.placed(production.refusals(load_rules(text, source="r.yaml"), auth=auth), text)
 
 
 def without(text: str, *clients: str) -> str:
@@ -131,11 +131,11 @@ def test_auth_mode_from_stack_parameters(parameters: dict[str, str], mode: str) 
     assert production.auth_mode_for(parameters) == mode
 
 
-def test_line_index_reads_json_too() -> None:
+def test_lines_of_reads_json_too() -> None:
     text = '{\n  "version": 1,\n  "bucket": "b",\n  "cors": {"allowed_origins": ["*"]}\n}\n'
-    index = production.line_index(text)
+    index = production.lines_of(text, ["$.cors.allowed_origins[0]", "$.bucket"])
     assert index["$.cors.allowed_origins[0]"] == 4 and index["$.bucket"] == 3
-    assert production.line_index("version: [") == {}
+    assert production.lines_of("version: [", ["$.version"]) == {}
 
 
 def test_check_production_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
