@@ -37,6 +37,7 @@ from pathlib import Path
 from broker.dev.store import (
     ENV_BASE_PORT,
     ENV_S3_PORT,
+    LocalStoreConfig,
     S3Endpoint,
     StoreError,
     _load_or_create_credentials,
@@ -74,18 +75,11 @@ def find_programs() -> dict[str, str]:
 
 
 @dataclass
-class RgwConfig:
+class RgwConfig(LocalStoreConfig):
     """Where the cluster keeps its files, the two ports it binds, and the S3 user's keys."""
 
-    data_dir: Path
-    access_key: str
-    secret_key: str
-    host: str = "127.0.0.1"
     s3_port: int = DEFAULT_RGW_PORT
     mon_port: int = DEFAULT_MON_PORT
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike[str], *, s3_port: int = DEFAULT_RGW_PORT,
@@ -101,11 +95,6 @@ class RgwConfig:
         env = os.environ if environ is None else environ
         return cls.generate(data_dir, s3_port=_int_env(env, ENV_S3_PORT, DEFAULT_RGW_PORT),
                             mon_port=_int_env(env, ENV_BASE_PORT, DEFAULT_MON_PORT))
-
-    @property
-    def endpoint_url(self) -> str:
-        """The S3 endpoint, e.g. ``http://127.0.0.1:8334``."""
-        return f"http://{self.host}:{self.s3_port}"
 
     def all_ports(self) -> dict[str, int]:
         """Every port the cluster listens on by role (the OSD binds ports the kernel picks)."""
@@ -280,13 +269,14 @@ class Rgw(S3Endpoint):
 
     def _run(self, program: str, *args: str, conf: bool = True) -> str:
         command = self._command(program, args, conf)
+        shown = " ".join("--secret=..." if a.startswith("--secret=") else a for a in command)  # never the key
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=self.config.data_dir)
         except subprocess.TimeoutExpired:
-            raise StoreError(f"`{' '.join(command)}` did not finish within 60 s; "
+            raise StoreError(f"`{shown}` did not finish within 60 s; "
                              f"logs: {self.config.data_dir / LOG_DIR}") from None
         if done.returncode != 0:
-            raise StoreError(f"`{' '.join(command)}` failed with exit code {done.returncode}:\n"
+            raise StoreError(f"`{shown}` failed with exit code {done.returncode}:\n"
                              f"{(done.stderr or done.stdout).strip()[-2000:]}")
         return done.stdout
 

@@ -37,7 +37,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -79,21 +79,33 @@ def _port_env(role: str) -> str:
 
 
 @dataclass
-class StoreConfig:
-    """Where the store keeps its data, which ports it binds and its credentials."""
+class LocalStoreConfig:
+    """What every local store's config has (SeaweedFS's here, Ceph RGW's in broker/dev/rgw.py):
+    where it keeps its files, its S3 user's keys, and the address it serves S3 on."""
 
     data_dir: Path
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     host: str = "127.0.0.1"
     s3_port: int = DEFAULT_S3_PORT
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint, e.g. ``http://127.0.0.1:8333``."""
+        return f"http://{self.host}:{self.s3_port}"
+
+
+@dataclass
+class StoreConfig(LocalStoreConfig):
+    """Where the store keeps its data, which ports it binds and its credentials."""
+
     master_port: int = DEFAULT_BASE_PORT
     volume_port: int = DEFAULT_BASE_PORT + 1
     filer_port: int = DEFAULT_BASE_PORT + 2
     admin_port: int = DEFAULT_BASE_PORT + 3
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
 
     @classmethod
     def generate(
@@ -132,11 +144,6 @@ class StoreConfig:
             s3_port=_int_env(env, ENV_S3_PORT, DEFAULT_S3_PORT),
             base_port=_int_env(env, ENV_BASE_PORT, DEFAULT_BASE_PORT),
         )
-
-    @property
-    def endpoint_url(self) -> str:
-        """The S3 endpoint, e.g. ``http://127.0.0.1:8333``."""
-        return f"http://{self.host}:{self.s3_port}"
 
     def http_ports(self) -> dict[str, int]:
         """Every HTTP port by component name."""

@@ -54,3 +54,14 @@ def test_env_points_at_rgw_when_it_is_the_store(tmp_path: Path, capsys: pytest.C
     assert devrun.main(["--env"], env=env) == 0
     assert "export AWS_ENDPOINT_URL_S3=http://127.0.0.1:8334\n" in capsys.readouterr().out
     assert (tmp_path / "rgw" / "credentials.json").exists()
+
+
+def test_a_failed_command_is_named_without_the_s3_users_secret(tmp_path: Path) -> None:
+    config = RgwConfig.generate(tmp_path)
+    rgw = Rgw(config)
+    rgw._programs = {"radosgw-admin": "/bin/false"}
+    with pytest.raises(StoreError, match="user create .*--secret=\\.\\.\\.` failed with exit code 1") as raised:
+        rgw._run("radosgw-admin", "user", "create", f"--access-key={config.access_key}",
+                 f"--secret={config.secret_key}")
+    assert config.secret_key not in str(raised.value)
+    assert config.secret_key not in repr(config)
