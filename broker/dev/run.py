@@ -304,10 +304,9 @@ def webhook_for(plan_: RunPlan, token: str) -> Any:
     from broker.core.keys import rule_prefix
     from broker.dev.store import Webhook
 
-    host = "127.0.0.1" if plan_.settings.host in ("0.0.0.0", "") else plan_.settings.host
     prefixes = sorted({f"/buckets/{r.bucket}/{rule_prefix(r)}" for c in plan_.ruleset.clients.values()
                        for r in c.rules.values()})
-    return Webhook(f"http://{host}:{plan_.settings.port}/events/seaweedfs", token, tuple(prefixes))
+    return Webhook(f"{events_url(plan_)}/events/seaweedfs", token, tuple(prefixes))
 
 
 class Sweeper:

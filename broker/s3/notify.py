@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from broker.s3.client import local_client
+
 
 def subscribe_http(endpoint_url: str, access_key: str, secret_key: str, *, bucket: str, topic: str,
                    push_endpoint: str, prefixes: Sequence[str], region: str = "us-east-1",
@@ -28,8 +30,7 @@ def subscribe_http(endpoint_url: str, access_key: str, secret_key: str, *, bucke
                        aws_secret_access_key=secret_key, region_name=region, config=config)
     attributes = {"push-endpoint": push_endpoint, "persistent": "true" if persistent else "false"}
     arn = str(sns.create_topic(Name=topic, Attributes=attributes)["TopicArn"])
-    s3 = boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
-                      aws_secret_access_key=secret_key, region_name=region, config=config)
+    s3 = local_client(endpoint_url, access_key, secret_key, region=region, retries={"max_attempts": 3})
     configurations: list[dict[str, Any]] = [
         {"Id": f"{topic}-{n}", "TopicArn": arn, "Events": ["s3:ObjectCreated:*"],
          "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
