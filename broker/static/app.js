@@ -108,13 +108,7 @@
   let session = null;  // {token, expires_at, user, profiles, broker}
   function currentSession() {
     if (session && Date.parse(session.expires_at) - Date.now() > 60000) return Promise.resolve(session);
-    return fetch(`${BASE}/demo/session`).then(async (response) => {
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) {
-        throw new Error(response.status === 404
-          ? "no app backend here mints sessions (make run serves one at demo/session; see docs/FRONTENDS.md)"
-          : body.message || `the app backend answered HTTP ${response.status}`);
-      }
+    return window.demoSession(BASE).then((body) => {
       session = { ...body, broker: window.Broker({ endpoint: BASE, token: body.token }) };
       showSession(session);
       return session;

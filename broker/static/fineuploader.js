@@ -81,13 +81,7 @@
 
   async function start() {
     try {
-      const answer = await fetch(`${BROKER}/demo/session`);
-      session = await answer.json();
-      if (!answer.ok) {
-        throw new Error(answer.status === 404
-          ? "no app backend here mints sessions (make run serves one at demo/session; see docs/FRONTENDS.md)"
-          : session.message || `the app backend answered HTTP ${answer.status}`);
-      }
+      session = await window.demoSession(BROKER);
       broker = await window.FineUploaderBroker.connect({ endpoint: BROKER, token: session.token, profile });
     } catch (error) {
       $("#notice").textContent = `Cannot start: ${error.message}`;

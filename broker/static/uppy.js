@@ -37,13 +37,7 @@
   }
 
   async function start() {
-    const answer = await fetch(`${BROKER}/demo/session`);
-    const session = await answer.json();
-    if (!answer.ok) {
-      throw new Error(answer.status === 404
-        ? "no app backend here mints sessions (make run serves one at demo/session; see docs/FRONTENDS.md)"
-        : session.message || `the app backend answered HTTP ${answer.status}`);
-    }
+    const session = await window.demoSession(BROKER);
     const broker = window.Broker({ endpoint: BROKER, token: session.token });
     const limits = await broker.limits();
     const profile = () => $("#profile").value.trim() || limits.default_profile;

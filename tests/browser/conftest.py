@@ -71,6 +71,14 @@ def page(browser_context: Any) -> Iterator[Any]:
         new_page.close()
 
 
+@pytest.fixture()
+def errors(page: Any) -> Iterator[list[str]]:
+    """The page's uncaught JavaScript errors; the test fails if there was any."""
+    seen: list[str] = []
+    page.on("pageerror", lambda error: seen.append(str(error)))
+    yield seen
+    assert seen == []
+
 
 #: Pages and files the tests serve under the broker's origin: {path: (content type, bytes)}. Served
 #: by the server itself (not by Playwright's interception: Chromium would then treat the page as

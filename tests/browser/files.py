@@ -56,3 +56,8 @@ def upload_one(page: Any, selector: str, results: str, name: str, mime: str, *,
     found = page.evaluate(f"Object.values(window.{results})")
     assert len(found) == 1, found
     return found[0], digest
+
+
+def audit_of(live: Any, protocol: str, since: int) -> list[dict[str, Any]]:
+    """The audit records of ``protocol`` (``fineuploader``, ``companion``) written after the first ``since``."""
+    return [r for r in live.audit_records()[since:] if r.get("protocol") == protocol]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.files import sha256_of, upload_one
+from tests.browser.files import audit_of, sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -34,10 +34,6 @@ def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: 
                       timeout=timeout)
 
 
-def audit_since(demo: Live, count: int) -> list[dict[str, Any]]:
-    return [r for r in demo.audit_records()[count:] if r.get("protocol") == "fineuploader"]
-
-
 @pytest.mark.parametrize("profile, name, mime, size, parts", [
     pytest.param("avatars", "me.png", "image/png", None, 0, id="one_post"),
     pytest.param("videos", "clip.mp4", "video/mp4", 6 * MiB, 2, id="chunked_5MiB_plus_1MiB"),
@@ -55,7 +51,7 @@ def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, profile:
     stored = demo.s3.get_object(Bucket=demo.bucket, Key=key)
     assert sha256_of(stored["Body"]) == digest
     assert stored["ContentType"] == mime
-    events = [r["event"] for r in audit_since(demo, seen) if r["decision"] == "allowed"]
+    events = [r["event"] for r in audit_of(demo, "fineuploader", seen) if r["decision"] == "allowed"]
     assert events[0] == "fineuploader_key" and events[-1] == "upload_success"
     assert events.count("fineuploader_upload_part") == parts
     if parts:
@@ -91,5 +87,5 @@ def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
     assert result["state"] == "failed"
     assert reason in result["reason"], result
     assert demo.objects() == before
-    denied = [r for r in audit_since(demo, seen) if r["decision"] == "denied"]
+    denied = [r for r in audit_of(demo, "fineuploader", seen) if r["decision"] == "denied"]
     assert denied and reason in denied[0]["reason"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import TEST_FILES
-from tests.browser.files import sha256_of, upload_one
+from tests.browser.files import audit_of, sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -69,18 +69,6 @@ def upload(page: Any, name: str, mime: str, *, data: bytes | None = None, size: 
                       size=size, head=PNG[:8], timeout=timeout)
 
 
-def fineuploader_audit(live: Live, since: int) -> list[dict[str, Any]]:
-    return [r for r in live.audit_records()[since:] if r.get("protocol") == "fineuploader"]
-
-
-@pytest.fixture()
-def errors(page: Any) -> Any:
-    seen: list[str] = []
-    page.on("pageerror", lambda error: seen.append(str(error)))
-    yield seen
-    assert seen == []
-
-
 @pytest.mark.parametrize("profile, name, mime, size, parts", [
     pytest.param("avatars", "me.png", "image/png", None, 0, id="one_post"),
     pytest.param("videos", "clip.mp4", "video/mp4", 6 * MiB, 2, id="chunked_5MiB_plus_1MiB"),
@@ -98,7 +86,7 @@ def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, errors: 
     stored = demo.s3.get_object(Bucket=demo.bucket, Key=key)
     assert sha256_of(stored["Body"]) == digest
     assert stored["ContentType"] == mime
-    records = [r for r in fineuploader_audit(demo, seen) if r["decision"] == "allowed"]
+    records = [r for r in audit_of(demo, "fineuploader", seen) if r["decision"] == "allowed"]
     events = [r["event"] for r in records]
     assert events[0] == "fineuploader_key" and events[-1] == "upload_success"
     assert events.count("fineuploader_upload_part") == parts
@@ -142,7 +130,7 @@ def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
     shown.wait_for(timeout=10000)
     assert reason in shown.inner_text()  # what the person reads in Fine Uploader's list
     assert demo.objects() == before
-    denied = [r for r in fineuploader_audit(demo, seen) if r["decision"] == "denied"]
+    denied = [r for r in audit_of(demo, "fineuploader", seen) if r["decision"] == "denied"]
     assert denied and reason in denied[0]["reason"]
 
 
@@ -169,7 +157,7 @@ def test_a_readded_file_resumes_under_its_original_grant(page: Any, demo: Live, 
 
     assert result == {"state": "done", "key": key}, result
     assert sha256_of(demo.s3.get_object(Bucket=demo.bucket, Key=key)["Body"]) == digest
-    records = fineuploader_audit(demo, seen)
+    records = audit_of(demo, "fineuploader", seen)
     assert [r["decision"] for r in records] == ["allowed"] * len(records), records
     first = records[0]
     assert first["event"] == "fineuploader_key" and first["key"] == key and first["upload_id"]
@@ -197,6 +185,6 @@ def test_a_readded_file_whose_upload_is_gone_fails_at_once_with_the_reason(
     shown = page.locator("#uploader .qq-upload-fail .qq-upload-status-text")
     shown.wait_for(timeout=10000)
     assert reason in shown.inner_text()
-    records = fineuploader_audit(demo, seen)
+    records = audit_of(demo, "fineuploader", seen)
     assert len(records) == 1 and records[0]["decision"] == "denied" and records[0]["check"] == "key_not_granted"
     assert demo.objects() == before

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from tests.browser.conftest import TEST_FILES
-from tests.browser.files import sha256_of, upload_one
+from tests.browser.files import audit_of, sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -90,18 +90,6 @@ def pending_bytes(live: Live) -> int:
     return total
 
 
-def companion_audit(live: Live, since: int) -> list[dict[str, Any]]:
-    return [r for r in live.audit_records()[since:] if r.get("protocol") == "companion"]
-
-
-@pytest.fixture()
-def errors(page: Any) -> Any:
-    seen: list[str] = []
-    page.on("pageerror", lambda error: seen.append(str(error)))
-    yield seen
-    assert seen == []
-
-
 @pytest.mark.parametrize("version", [5, 6])
 @pytest.mark.parametrize("profile, name, mime, size, multipart", [
     pytest.param("avatars", "me.png", "image/png", None, False, id="one_post"),
@@ -115,7 +103,7 @@ def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, errors: 
     result, digest = upload(page, name, mime, data=PNG if size is None else None, size=size)
 
     assert result["state"] == "done", result
-    events = [r for r in companion_audit(demo, seen) if r["decision"] == "allowed"]
+    events = [r for r in audit_of(demo, "companion", seen) if r["decision"] == "allowed"]
     key = events[0]["key"]
     assert key.startswith(f"uploads/web-app/{profile}/")
     assert all(r["session"] and r["user"] == "demo-user" for r in events)  # the page's session, no API key
@@ -165,7 +153,7 @@ def test_refused_upload_shows_the_brokers_reason_and_stores_nothing(
     assert reason in (details.get_attribute("aria-label") or "")
     assert reason in (page.locator("#dashboard .uppy-Informer [role=tooltip]").first.get_attribute("aria-label") or "")
     assert (demo.objects(), pending_bytes(demo)) == before
-    denied = [r for r in companion_audit(demo, seen) if r["decision"] == "denied"]
+    denied = [r for r in audit_of(demo, "companion", seen) if r["decision"] == "denied"]
     assert denied and reason in denied[0]["reason"]
 
 
