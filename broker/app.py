@@ -113,7 +113,10 @@ class Call:
         """
         if self.path_token is not None:
             return self.path_token
-        scheme, _, value = (self.request.header("authorization") or "").strip().partition(" ")
+        authorization = self.request.header("authorization")
+        if not authorization:  # the usual API-key call: nothing more to look at
+            return None
+        scheme, _, value = authorization.strip().partition(" ")
         value = value.strip()
         if scheme.lower() == "bearer" and sessions.looks_like_token(value):
             return value
@@ -138,8 +141,7 @@ class Call:
         )
         client = rules.identify(ruleset, creds)
         self.client_id = client.id
-        fields = self.context.fields  # who, for the audit line: never the key, never a token
-        fields["rules"] = ruleset.digest
+        fields = self.context.fields  # who, for the audit line (rules: set by ruleset()): never the key, never a token
         if creds.api_key_sha256 is not None:
             fields["key_fingerprint"] = creds.api_key_sha256[:audit.KEY_FINGERPRINT_CHARS]
         else:
@@ -171,8 +173,7 @@ class Call:
             raise Unauthenticated(f"the session's client '{session.client}' is no longer in the rules")
         self.session = session
         self.client_id = client.id
-        self.context = replace(self.context, session=session.id, user=session.user)
-        self.context.fields["rules"] = ruleset.digest
+        self.context = replace(self.context, session=session.id, user=session.user)  # the same fields dict
         return client
 
     def user(self) -> str | None:

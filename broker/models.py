@@ -159,7 +159,7 @@ class RequestContext:
     session: str | None = None  # the session id, when the call presented a session token
     user: str | None = None  # that session's end user
     # More audit fields, filled in as the call learns them (broker.audit.record adds them as
-    # they are): origin, lambda_request_id, then principal, user, key_fingerprint, rules.
+    # they are): origin, lambda_request_id, then rules (Call.ruleset), principal, user, key_fingerprint.
     # One dict per call, written only by the call's own thread, so no new context per step.
     fields: dict[str, str] = field(default_factory=dict, compare=False)
 

@@ -14,10 +14,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
-from broker.adapters.wsgi import MAX_QUERY_FIELDS, WEB_ROOT, refusal, static_file
-from broker.errors import InvalidRequest, NotFound, PayloadTooLarge, RequestError
+from broker.adapters.wsgi import WEB_ROOT, answer, parse_query, refusal
+from broker.errors import InvalidRequest, PayloadTooLarge, RequestError
 from broker.web import HttpRequest, HttpResponse
 
 #: Seconds a client has to send a whole request body, from the end of its headers.
@@ -97,13 +96,7 @@ class RsgiApp:
                               source_ip=source_ip(scope.client))
         limit = self.broker.body_limits.get(request.path, self.broker.max_body_bytes)
         try:
-            query_string = scope.query_string
-            try:
-                query = parse_qs(query_string, keep_blank_values=True,
-                                 max_num_fields=MAX_QUERY_FIELDS) if query_string else {}
-            except ValueError:  # more fields than that: a 400 with a request id and an audit line
-                raise InvalidRequest(f"the query has more than {MAX_QUERY_FIELDS} parameters",
-                                     path="$.query") from None
+            query = parse_query(scope.query_string)
             body = await self._body(proto, headers, limit)
         except RequestError as exc:  # refused before the broker saw it; granian then closes the connection
             self._send(proto, refusal(self.broker, request, exc, transport="rsgi"))
@@ -140,17 +133,7 @@ class RsgiApp:
             raise RequestTimeout("the connection closed before the request body arrived") from None
 
     def _respond(self, request: HttpRequest) -> HttpResponse:
-        """The broker's answer, or for a GET the broker has no route for, a static file (the upload page)."""
-        if request.method in ("GET", "HEAD") and self.web_root is not None:
-            try:
-                self.broker.router.match(request.method, request.path)
-            except NotFound:
-                found = static_file(request.path, self.web_root)
-                if found is not None:
-                    return found
-            except Exception:  # noqa: BLE001 - the broker answers it below
-                pass
-        return self.broker.handle(request, transport="rsgi")
+        return answer(self.broker, request, self.web_root, transport="rsgi")
 
     @staticmethod
     def _send(proto: Any, response: HttpResponse) -> None:

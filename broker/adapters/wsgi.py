@@ -70,11 +70,7 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
         body = environ["wsgi.input"].read(max_body_bytes + 1)
         if len(body) > max_body_bytes:
             raise PayloadTooLarge(f"the request body is over {max_body_bytes} bytes, the limit")
-    query_string = environ.get("QUERY_STRING")
-    try:
-        query = parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS) if query_string else {}
-    except ValueError:  # more fields than that: a 400 with a request id and an audit line, never a 500
-        raise InvalidRequest(f"the query has more than {MAX_QUERY_FIELDS} parameters", path="$.query") from None
+    query = parse_query(environ.get("QUERY_STRING"))
     path = environ.get("PATH_INFO") or "/"
     if not path.isascii():
         try:  # PEP 3333 hands PATH_INFO over as latin-1; undo that to get the UTF-8 path
@@ -84,6 +80,28 @@ def to_request(environ: dict[str, Any], max_body_bytes: int) -> HttpRequest:
     return HttpRequest(
         method=environ.get("REQUEST_METHOD", "GET").upper(), path=path, headers=headers,
         query=query, body=body, source_ip=environ.get("REMOTE_ADDR"))
+
+
+def parse_query(query_string: str | None) -> dict[str, list[str]]:
+    """The query's parameters; more than :data:`MAX_QUERY_FIELDS` is a 400 (with a request id and an audit line)."""
+    try:
+        return parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS) if query_string else {}
+    except ValueError:  # more fields than that: never a 500
+        raise InvalidRequest(f"the query has more than {MAX_QUERY_FIELDS} parameters", path="$.query") from None
+
+
+def answer(broker: Any, request: HttpRequest, web_root: Path | None, *, transport: str) -> HttpResponse:
+    """The broker's answer, or for a GET the broker has no route for, a static file (the upload page)."""
+    if request.method in ("GET", "HEAD") and web_root is not None:
+        try:
+            broker.router.match(request.method, request.path)
+        except NotFound:
+            found = static_file(request.path, web_root)
+            if found is not None:
+                return found
+        except Exception:  # noqa: BLE001 - the broker answers it below
+            pass
+    return broker.handle(request, transport=transport)
 
 
 def static_file(path: str, root: Path = WEB_ROOT) -> HttpResponse | None:
@@ -120,16 +138,7 @@ class WsgiApp:
         except RequestError as exc:  # too large, or a query flood: refused before the broker saw it
             response = self._refuse(environ, exc)
         else:
-            response = None
-            if request.method in ("GET", "HEAD") and self.web_root is not None:
-                try:
-                    self.broker.router.match(request.method, request.path)
-                except NotFound:
-                    response = static_file(request.path, self.web_root)
-                except Exception:  # noqa: BLE001 - the broker answers it below
-                    pass
-            if response is None:
-                response = self.broker.handle(request, transport="wsgi")
+            response = answer(self.broker, request, self.web_root, transport="wsgi")
         status = f"{response.status} {reason_phrase(response)}"
         headers = list(response.headers.items())
         headers.append(("Content-Length", str(len(response.body))))

@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidRequest
-from broker.core.grants import key_is_users, rules_for_key
+from broker.core.grants import grant_id_for, key_is_users, rules_for_key
 from broker.models import Check, Client, Decision, Rule, RuleSet, UploadRequest
 from broker.core.multipart import MAX_PARTS, max_parts, size_decision, with_outcome
 from broker.core.sizes import human_size
 from broker.timefmt import iso_z
 from broker.web import HttpResponse
 from broker.protocols import common
-from broker.core.grants import grant_id_for
 from broker.protocols.native import denial_body, denial_headers, parse_upload_request
 
 if TYPE_CHECKING:

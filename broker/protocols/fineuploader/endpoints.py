@@ -29,7 +29,9 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 from broker.audit import public_conditions
-from broker.core.grants import TOKEN_HEADER, GrantToken, TokenError, issue_token, key_matches, verify_token
+from broker.core.grants import (
+    TOKEN_HEADER, GrantToken, TokenError, grant_id_for, issue_token, key_matches, verify_token,
+)
 from broker.core.multipart import MIN_PART_BYTES, max_parts, size_decision, with_outcome
 from broker.core.resume import resume_problem
 from broker.core.sizes import human_size
@@ -38,7 +40,6 @@ from broker.models import Check, Client, Decision, Rule, RuleSet, SignedPost, Up
 from broker.protocols import common
 from broker.protocols.fineuploader.canonical import Operation, check_rest, parse_string_to_sign
 from broker.protocols.fineuploader.policy import SigningLimits, Violation, check_policy
-from broker.core.grants import grant_id_for
 from broker.protocols.native import denial_body, denial_headers, parse_upload_request
 from broker.timefmt import from_unix, iso_z
 from broker.web import HttpResponse
