@@ -284,6 +284,8 @@ def test_json_access_log_of_every_request(cfn: dict[str, Any]) -> None:
     for field in ("errorType", "authorizerError", "integrationError", "routeKey", "ip"):
         assert line[field].startswith("$context."), field  # 429s and authorizer refusals leave a trace
     assert not any("header" in value.lower() for value in line.values())  # never a key or a token
+    # nor the path: a browser's /s/<token>/... path holds its session token
+    assert not any("$context.path" in value for value in line.values()), line
     assert res["ApiAccessLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
