@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import traceback
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from broker.core import sessions
 from broker.errors import AuditUnavailable, BrokerError, Denied, InvalidRequest, MethodNotAllowed, Unauthenticated
 from broker.fast.ids import new_random_id
 from broker.fast.jsontext import compact_bytes
-from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded, grant_id_for
+from broker.ledger import GrantRecord, Ledger, Limit, QuotaExceeded
 from broker.logs import log_event
 from broker.models import (
     Check, Client, Credentials, Decision, Grant, Quota, RequestContext, RuleSet, Session, SignedPost, UploadRequest,
@@ -77,6 +78,12 @@ def with_request_id(response: HttpResponse, request_id: str) -> None:
 
 def _limit(scope: str, quota: Quota | None) -> Limit:
     return Limit(scope, quota.uploads_per_hour, quota.bytes_per_day) if quota else Limit(scope)
+
+
+@lru_cache(maxsize=4096)
+def _client_limits(client: str, quota: Quota | None) -> tuple[Limit, ...]:
+    """The client's own quota scope (one per client and quota: made once)."""
+    return (_limit(f"client:{client}", quota),)
 
 
 def _quota_words(quota: str, limit: int) -> str:
@@ -282,18 +289,19 @@ class Broker:
             grant = Grant(grant.client, grant.profile, grant.bucket, grant.key, grant.content_type,
                           request.size, request.size, grant.expires_in, grant.fields)
         user = call.user()
-        limits = [_limit(f"client:{client.id}", client.quota)]
+        limits = _client_limits(client.id, client.quota)
         if user is not None and client.quota_per_user is not None:
-            limits.append(_limit(f"user:{client.id}:{user}", client.quota_per_user))
+            limits = (*limits, _limit(f"user:{client.id}:{user}", client.quota_per_user))
         if call.session is not None and call.session.max_files is not None:  # the session's files, counted
-            limits.append(Limit(f"session:{call.session.id}", uploads_per_hour=call.session.max_files))
+            limits = (*limits, Limit(f"session:{call.session.id}", uploads_per_hour=call.session.max_files))
         issued = int(call.now.timestamp())
+        context = call.context
         record = GrantRecord(
-            grant_id=grant_id_for(grant.bucket, grant.key), client=client.id, profile=grant.profile,
+            grant_id=grant.grant_id, client=client.id, profile=grant.profile,
             bucket=grant.bucket, key=grant.key, content_type=grant.content_type, min_bytes=grant.min_bytes,
             max_bytes=grant.max_bytes, reserved_bytes=grant.max_bytes, issued_at=issued,
             expires_at=issued + self.store.expires_in(grant, call.now), declared_size=request.size, user=user,
-            protocol=call.context.protocol, request_id=call.context.request_id,
+            protocol=context.protocol, request_id=context.request_id,
             scopes=tuple(limit.scope for limit in limits))  # as stored: the engine need not copy it
         try:
             ledger.reserve(record, limits, now=issued)

@@ -12,7 +12,6 @@ import threading
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from broker.core.grants import grant_id_for
 from broker.core.rulesdiff import FINGERPRINT_DIGITS
 from broker.errors import AuditUnavailable, BrokerError
 from broker.fast.jsontext import ascii_line
@@ -90,7 +89,7 @@ def record(
         rec["status"] = 200
         rec["bucket"] = grant.bucket
         rec["key"] = grant.key
-        rec["grant_id"] = grant_id_for(grant.bucket, grant.key)
+        rec["grant_id"] = grant.grant_id
         rec["content_type"] = grant.content_type
         rec["size_range"] = [grant.min_bytes, grant.max_bytes]
         if signed is not None:

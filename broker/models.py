@@ -4,10 +4,18 @@ Nothing here does I/O: the rules engine consumes and produces only these.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any, Mapping
+
+
+def grant_id_for(bucket: str, key: str) -> str:
+    """A grant's id: 32 hex digits of SHA-256 over ``bucket/key``. Keys are server-random and never
+    granted twice, so the verifier (and the ledger) find an object's grant from the object alone."""
+    return hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class Check(str, Enum):
@@ -177,6 +185,12 @@ class Grant:
     max_bytes: int
     expires_in: int
     fields: Mapping[str, str]
+
+    @cached_property
+    def grant_id(self) -> str:
+        """:func:`grant_id_for` its bucket and key (computed once: the ledger, the audit line and
+        the response all name it)."""
+        return grant_id_for(self.bucket, self.key)
 
     def conditions(self) -> list[Any]:
         """Policy conditions for every field besides ``bucket``/``key`` (boto3 adds those)."""

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from broker.core.keys import PLACEHOLDERS, parse_template, user_slug
 from broker.timefmt import from_unix, iso_z
 from broker.models import Client, Rule
+from broker.models import grant_id_for as grant_id_for  # re-exported: how a grant's id is made
 
 #: The HTTP header a page sends the token back in.
 TOKEN_HEADER = "x-upload-grant"
@@ -184,8 +185,3 @@ def rules_for_key(client: Client, key: str) -> tuple[Rule, ...]:
     """The client's rules whose template could have produced ``key`` (normally one, or none)."""
     return tuple(rule for rule in client.rules.values() if key_matches(rule, key))
 
-
-def grant_id_for(bucket: str, key: str) -> str:
-    """A grant's id: 32 hex digits of SHA-256 over ``bucket/key``. Keys are server-random and never
-    granted twice, so the verifier (and the ledger) find an object's grant from the object alone."""
-    return hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.config import schemas
-from broker.core.grants import grant_id_for
 from broker.errors import InvalidRequest, NotFound
 from broker.models import Decision, SignedPost, UploadRequest
 from broker.core.sizes import human_size
@@ -75,7 +74,7 @@ def grant_body(decision: Decision, signed: SignedPost) -> dict[str, Any]:
     return {
         "url": signed.url,
         "fields": dict(signed.fields),
-        "grant_id": grant_id_for(grant.bucket, grant.key),
+        "grant_id": grant.grant_id,
         "key": grant.key,
         "bucket": grant.bucket,
         "expires_at": iso_z(signed.expires_at),
