@@ -8,6 +8,8 @@ for byte, in the same order. Without the freeze, the fast path's expiration stil
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -290,3 +292,39 @@ def test_concurrent_forms_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         sys.setswitchinterval(previous)
     assert wrong == []
+
+
+@pytest.mark.parametrize(("secret", "day", "region"), [
+    ("fast-path-secret-never-logged", "20261128", "us-east-1"),
+    ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "20130524", "eu-west-1"),
+    ("sécret+/=", "20261231", "ap-southeast-2"),
+])
+def test_the_cached_signing_key_is_botocores(secret: str, day: str, region: str) -> None:
+    from botocore.auth import S3SigV4PostAuth
+    from botocore.credentials import Credentials
+
+    from broker.s3.fastpost import signing_key
+
+    class Request:
+        context = {"timestamp": f"{day}T120000Z"}
+
+    auth = S3SigV4PostAuth(Credentials("AKID", secret).get_frozen_credentials(), "s3", region)
+    policy = "eyJleHBpcmF0aW9uIjogIjIwMjYtMTEtMjhUMTQ6NTQ6MzFaIn0="
+    assert hmac.new(signing_key(secret, day, region, "s3"), policy.encode(), hashlib.sha256).hexdigest() == \
+        auth.signature(policy, Request())
+
+
+def test_new_credentials_on_the_same_day_sign_with_their_own_key(monkeypatch: pytest.MonkeyPatch,
+                                                                 frozen: datetime) -> None:
+    g = grant("broker-uploads")
+    signatures = []
+    for secret in ("first-secret-of-the-day", "rotated-secret-same-day"):
+        credentials(monkeypatch, None)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        settings = Settings(region="us-east-1")
+        signed = Signer(make_s3_client(settings, "us-east-1")).sign(g, now=frozen.replace(tzinfo=timezone.utc))
+        expected = boto3_client(settings, "us-east-1").generate_presigned_post(
+            Bucket=g.bucket, Key=g.key, Fields=dict(g.fields), Conditions=g.conditions(), ExpiresIn=g.expires_in)
+        assert signed.fields["x-amz-signature"] == expected["fields"]["x-amz-signature"]
+        signatures.append(signed.fields["x-amz-signature"])
+    assert signatures[0] != signatures[1]
