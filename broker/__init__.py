@@ -48,7 +48,7 @@ cycle (``tests/test_layers.py`` checks it)::
       notify.py        Ceph RGW's bucket notifications to an HTTP endpoint (make run STORE=rgw, tests)
     ledger/          the grant ledger: every grant recorded before its form, quotas, settlement
       __init__.py      the Ledger interface and its records (GrantRecord, Limit, QuotaExceeded)
-      sqlite.py        the embedded engine: one file, WAL, one BEGIN IMMEDIATE per invariant
+      sqlite.py        the embedded engine: one file (WAL) + a grant journal per process, quota leases
       dynamodb.py      the engine for many Lambda instances: conditional writes only
       engines.py       BROKER_LEDGER -> an engine (sqlite:///..., dynamodb://..., off)
     audit.py         the audit record (pure) and the sink that fails closed

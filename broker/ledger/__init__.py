@@ -3,7 +3,8 @@
 One small interface, :class:`Ledger`, with two engines:
 
 - :mod:`broker.ledger.sqlite` (the embedded default): one file, WAL mode, safe under the several
-  worker processes of ``broker serve``; every invariant inside one ``BEGIN IMMEDIATE`` transaction.
+  worker processes of ``broker serve``; grants recorded in a journal per process and folded in
+  batches, quota counters raised only by conditional writes in ``BEGIN IMMEDIATE`` transactions.
 - :mod:`broker.ledger.dynamodb`: one table shared by many Lambda instances; every invariant a
   conditional write, never a read-modify-write.
 
