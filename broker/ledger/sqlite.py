@@ -295,8 +295,11 @@ class SqliteLedger(Ledger):
                 if written != len(line):
                     raise OSError(f"only {written} of {len(line)} bytes written")
             except OSError as exc:
-                for x in needs:  # not granted: the blocks keep what it would have spent
-                    leases[(x.scope, x.window)] += x.n
+                # Not granted. The journal may now end in part of a line, which the next line would
+                # run into: this worker starts a new journal (and new blocks) with its next grant, and
+                # this one is finished like a dead worker's (its torn tail skipped, its blocks given back).
+                self._process = None
+                os.close(proc.fd)
                 raise LedgerUnavailable(f"the ledger's grant journal {proc.path} could not be written: {exc}") \
                     from None
             proc.recent.add(stored.grant_id)

@@ -179,22 +179,25 @@ def test_a_forked_child_never_spends_its_parents_blocks(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_a_journal_that_cannot_be_written_means_no_grant_and_nothing_spent(tmp_path: Path) -> None:
+def test_a_journal_that_cannot_be_written_means_no_grant_and_a_fresh_journal(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.db")
     ledger.reserve(grant(0), BIG, now=T0)
     proc = ledger._proc()
-    left = dict(proc.leases)
     real, proc.fd = proc.fd, os.open(os.devnull, os.O_RDONLY)  # every write fails (EBADF)
     try:
         with pytest.raises(LedgerUnavailable) as caught:
             ledger.reserve(grant(1), BIG, now=T0)
         assert "grant journal" in caught.value.message and caught.value.status == 503
-        assert proc.leases == left  # what it would have spent is still there
     finally:
-        os.close(proc.fd)
-        proc.fd = real
+        os.close(real)  # what the journal's owner held: now it is like a dead worker's
+    with open(proc.path, "ab") as f:
+        f.write(b'[["half a line, as a full disk leaves it')  # the next grant must not run into it
+    ledger.reserve(grant(2), BIG, now=T0)
+    assert ledger._proc().owner != proc.owner  # a new journal, new blocks
     assert ledger.get(grant(1).grant_id) is None
-    assert counters(ledger)[("client:acme", hour_of(T0))] == 1
+    assert ledger.get(grant(2).grant_id) is not None
+    assert counters(ledger)[("client:acme", hour_of(T0))] == 2  # grants 0 and 2: the old blocks went back
+    assert rows(tmp_path / "ledger.db", "SELECT DISTINCT owner FROM leases") == [(ledger._proc().owner,)]
     ledger.close()
 
 
