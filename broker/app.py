@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import traceback
-from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Callable
 
 from broker import audit

@@ -9,9 +9,10 @@ and then botocore's own ``S3SigV4PostAuth.add_auth`` signs each form (:func:`sig
 Two differences. The clock: the policy's expiration is the decision's ``now`` plus the
 lifetime, not botocore's clock. And SigV4's signing key, four HMACs of the secret, the day,
 the region and the service, is derived once per day and credentials (:func:`signing_key`),
-not once per form: botocore's ``SigV4Auth.signature`` with the derivation cached. ``tests/s3/test_fastpost.py`` proves the fields equal the
-slow twin's for the same inputs and time. It lives in ``broker.s3``, not ``broker.fast``,
-because only ``broker.s3`` may import botocore.
+not once per form: botocore's ``SigV4Auth.signature`` with the derivation cached.
+``tests/s3/test_fastpost.py`` proves the fields equal the slow twin's for the same inputs and
+time. It lives in ``broker.s3``, not ``broker.fast``, because only ``broker.s3`` may import
+botocore.
 """
 from __future__ import annotations
 
