@@ -168,6 +168,13 @@ def quarantined(call: "Call", bucket: str, key: str) -> tuple[str, str | None, s
     return moved.tags.get(CHECK_TAG, ""), moved.tags.get(EXPECTED_TAG), moved.tags.get(ACTUAL_TAG)
 
 
+def _being_moved(call: "Call", grant: Any) -> bool:
+    """Whether a rejected grant's object is still at its key, unmarked: the verifier settles the grant
+    before it moves the object to quarantine, so a status asked in between would lack its reason."""
+    still = call.broker.store.inspect(grant.bucket, grant.key, head_bytes=0)
+    return still is not None and still.etag.strip('"') == grant.etag and VERDICT_TAG not in still.tags
+
+
 _GRANT_ID = re.compile(r"^[0-9a-f]{32}$")
 _STATUS_WORDS = {
     "issued": "granted; no file has arrived yet",
@@ -214,6 +221,9 @@ def grant_status(call: "Call") -> HttpResponse:
         body["settled_at"] = iso_z(from_unix(grant.settled_at))
     if status == "rejected":  # in words, as the quarantined copy's tags keep it (else the checks' names)
         held = quarantined(call, grant.bucket, grant.key)
-        body["message"] = f"rejected: {describe(*held)}" if held is not None and held[0] else \
-            f"rejected: failed {', '.join(grant.checks) or 'verification'}"
+        if held is None and _being_moved(call, grant):  # settled, not in quarantine yet: say so when it is
+            body["status"], body["message"] = "uploaded", "the file arrived; the verifier is moving it to quarantine"
+        else:
+            body["message"] = f"rejected: {describe(*held)}" if held is not None and held[0] else \
+                f"rejected: failed {', '.join(grant.checks) or 'verification'}"
     return HttpResponse.json(200, {k: v for k, v in body.items() if v is not None})

@@ -135,6 +135,31 @@ def test_status_follows_a_grant_from_issued_to_verified(make_broker: Any, ledger
     assert (got["status"], got["size"], got["settled_at"]) == ("verified", 1200, "2026-11-28T14:49:31Z")
 
 
+def test_a_rejected_grant_says_why_only_once_its_object_is_in_quarantine(make_broker: Any, ledger: Ledger,
+                                                                         s3_client: Any) -> None:
+    """The verifier settles a grant before it moves the object: asked in between, the status is
+    "uploaded" (poll again), not a rejection without its reason."""
+    from broker.ledger import REJECTED
+
+    broker = make_broker(ledger=ledger)
+    body = post_json(broker, "/uploads", AVATAR)[1]
+    put = s3_client.put_object(Bucket="broker-uploads", Key=body["key"], Body=b"<html>" + b"x" * 1194,
+                               ContentType="image/png")
+    ledger.settle("broker-uploads", body["key"], etag=put["ETag"], size=1200, verdict=REJECTED,
+                  checks=["active_content"], now=int(NOW.timestamp()))
+    got = get(broker, f"/uploads/{body['grant_id']}")[1]
+    assert (got["status"], got["checks"]) == ("uploaded", ["active_content"]), got
+    s3_client.put_object(Bucket="broker-uploads", Key="quarantine/" + body["key"], Body=b"<html>",
+                         Tagging="broker-verdict=rejected&broker-check=active_content&broker-expected=image%2Fpng"
+                                 "&broker-actual=text%2Fhtml")
+    s3_client.delete_object(Bucket="broker-uploads", Key=body["key"])
+    got = get(broker, f"/uploads/{body['grant_id']}")[1]
+    assert (got["status"], got["message"]) == ("rejected", "rejected: the bytes are HTML, not image/png"), got
+    s3_client.delete_object(Bucket="broker-uploads", Key="quarantine/" + body["key"])  # deleted, not moved
+    got = get(broker, f"/uploads/{body['grant_id']}")[1]
+    assert (got["status"], got["message"]) == ("rejected", "rejected: failed active_content"), got
+
+
 def test_status_of_an_unused_grant_after_its_expiry_is_expired(make_broker: Any, ledger: Ledger) -> None:
     clock = [NOW]
     broker = make_broker(ledger=ledger, clock=lambda: clock[0])
