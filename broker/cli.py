@@ -384,6 +384,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{getattr(err, 'message', err)}", file=sys.stderr)
         return 2
     broker.audit_log.close()  # the workers open their own
+    if broker.ledger is not None:  # likewise: no connection of this process may live on in a worker
+        broker.ledger.close()
     del broker
     _check_port(host, port)
     if "BROKER_GRANT_SECRET" in overrides:

@@ -162,16 +162,22 @@ class SqliteLedger(Ledger):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'grants'").fetchone()[0]
-            if tables and version != SCHEMA_VERSION and version not in UPGRADABLE:
-                raise LedgerUnavailable(
-                    f"the ledger {self.path} was written by an earlier version of the broker (layout {version}, "
-                    f"not {SCHEMA_VERSION}); move the file aside (mv {self.path} {self.path}.old) and a new one "
-                    "is started")
-            conn.execute(SCHEMA)
+            # Opening writes nothing unless the file is new or of an older layout; then one process
+            # lays it out, in one transaction, while any other opening it at the same moment waits
+            # (worker processes start together; a table without its layout number is never seen).
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                with _Transaction(self, "BEGIN IMMEDIATE", "laid out") as db:
+                    version = db.execute("PRAGMA user_version").fetchone()[0]
+                    tables = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'grants'").fetchone()[0]
+                    if tables and version != SCHEMA_VERSION and version not in UPGRADABLE:
+                        raise LedgerUnavailable(
+                            f"the ledger {self.path} was written by an earlier version of the broker (layout "
+                            f"{version}, not {SCHEMA_VERSION}); move the file aside (mv {self.path} "
+                            f"{self.path}.old) and a new one is started")
+                    if version != SCHEMA_VERSION:
+                        db.execute(SCHEMA)
         except (OSError, apsw.Error) as exc:
-            raise LedgerUnavailable(f"the ledger {self.path} cannot be opened: {exc}; check that its "
+            raise LedgerUnavailable(f"the ledger {self.path} cannot be opened: {_said(exc)}; check that its "
                                     "directory exists and is writable by the broker") from None
 
     # ------------------------------------------------------------------ connections
@@ -180,8 +186,9 @@ class SqliteLedger(Ledger):
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked worker
             conn = apsw.Connection(str(self.path))
+            _OPENED.add(conn)
             conn.setbusytimeout(int(self._busy * 1000))
-            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            _wal(conn, self._busy)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             local.conn, local.pid = conn, os.getpid()
@@ -625,15 +632,15 @@ class SqliteLedger(Ledger):
 class _Transaction:
     """``with`` block: one write transaction; any SQLite error becomes LedgerUnavailable."""
 
-    def __init__(self, ledger: SqliteLedger, begin: str) -> None:
-        self.ledger, self.begin = ledger, begin
+    def __init__(self, ledger: SqliteLedger, begin: str, what: str = "written") -> None:
+        self.ledger, self.begin, self.what = ledger, begin, what
 
     def __enter__(self) -> apsw.Connection:
         self.conn = self.ledger._conn()
         try:
             self.conn.execute(self.begin)
         except apsw.Error as exc:
-            raise self.ledger._unavailable("written", exc) from None
+            raise self.ledger._unavailable(self.what, exc) from None
         return self.conn
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
@@ -644,7 +651,7 @@ class _Transaction:
                 self.conn.execute("COMMIT")
             except apsw.Error as commit_exc:
                 self._rollback()  # a full disk or an I/O error may have rolled it back already
-                raise self.ledger._unavailable("written", commit_exc) from None
+                raise self.ledger._unavailable(self.what, commit_exc) from None
             for path in after:  # journals finished by this transaction, now that it holds
                 try:
                     path.unlink(missing_ok=True)
@@ -654,7 +661,7 @@ class _Transaction:
             return
         self._rollback()
         if isinstance(exc, apsw.Error):
-            raise self.ledger._unavailable("written", exc) from None
+            raise self.ledger._unavailable(self.what, exc) from None
 
     def _rollback(self) -> None:
         if not self.conn.getautocommit():
@@ -673,6 +680,29 @@ def _record(row: tuple[Any, ...]) -> GrantRecord:
     values["scopes"] = tuple(json.loads(values["scopes"]))
     values["checks"] = tuple(json.loads(values["checks"]))
     return GrantRecord(**values)
+
+
+def _wal(conn: apsw.Connection, patience: float) -> None:
+    """WAL mode. Turning a new file to WAL needs it alone for a moment, and SQLite does not wait for
+    that (``database is locked`` at once when several processes open a new ledger together): retry."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()  # (":memory:" stays "memory")
+            return
+        except apsw.BusyError:
+            pass
+        if time.monotonic() >= deadline:
+            raise apsw.BusyError("database is locked (turning it to WAL mode)")
+        time.sleep(0.01)
+
+
+def _said(exc: BaseException) -> str:
+    """An error as SQLite words it, with its extended code when it has one (SQLITE_IOERR_SHORT_READ)."""
+    code = getattr(exc, "extendedresult", None)
+    name = apsw.mapping_extended_result_codes.get(code) if isinstance(code, int) else None
+    text = str(exc).split(": ", 1)[-1] if isinstance(exc, apsw.Error) else str(exc)
+    return f"{text} ({name})" if name and name not in text else text
 
 
 def _after_commit(ledger: SqliteLedger, path: Path) -> None:
@@ -702,3 +732,20 @@ def _finish_at_exit(ref: "weakref.ref[SqliteLedger]") -> None:
     ledger = ref()
     if ledger is not None:
         ledger._finish()
+
+
+#: Every connection this process opened. A forked child keeps the ones it inherited alive, never
+#: closed: closing a parent's SQLite connection in a child (as the garbage collector would, with a
+#: ledger object the parent still held at fork) can checkpoint and remove the parent's WAL under the
+#: other processes (SQLite's "how to corrupt": an open connection carried across fork). Seen as
+#: "disk I/O error" in a broker serve worker opening the ledger while another collected the master's.
+_OPENED: "weakref.WeakSet[apsw.Connection]" = weakref.WeakSet()
+_INHERITED: list[apsw.Connection] = []
+
+
+def _keep_inherited() -> None:
+    _INHERITED.extend(_OPENED)
+    _OPENED.clear()
+
+
+os.register_at_fork(after_in_child=_keep_inherited)

@@ -257,3 +257,69 @@ def test_a_block_of_an_ended_hour_goes_back_without_what_it_spent(tmp_path: Path
     assert counters(ledger)[("client:acme", hour_of(T0))] == 3  # not 0: the spent part stayed counted
     assert rows(tmp_path / "ledger.db", f"SELECT value FROM counters WHERE window = '{hour_of(T0)}'") == [(3,)]
     ledger.close()
+
+
+def test_a_forked_child_never_closes_a_connection_it_inherited(tmp_path: Path) -> None:
+    """Closing the parent's SQLite connection in a child (the garbage collector would, for a ledger
+    the parent still held when it forked, as ``broker serve``'s master did) can checkpoint and remove
+    the WAL under the other processes: seen as "disk I/O error" in a worker opening the ledger."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    inherited = ledger._conn()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            import gc
+
+            mine = ledger._conn()
+            code = 3 if mine is inherited else 0  # the child opens its own
+            kept = engine._INHERITED[:]
+            del ledger
+            gc.collect()
+            if not any(c is inherited for c in kept) or not any(c is inherited for c in engine._INHERITED):
+                code = 4
+        except BaseException:
+            code = 5
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ledger.reserve(grant(1), BIG, now=T0)  # the parent's connection still works
+    assert ledger.get(grant(1).grant_id) is not None
+    assert rows(tmp_path / "ledger.db", "PRAGMA integrity_check") == [("ok",)]
+    ledger.close()
+
+
+def _open_together(path: str, start: Any, out: Any) -> None:
+    start.wait()
+    try:
+        SqliteLedger(path).close()
+        out.put("ok")
+    except LedgerUnavailable as exc:
+        out.put(exc.message)
+
+
+def test_worker_processes_opening_a_new_ledger_together_all_succeed(tmp_path: Path) -> None:
+    """Before: 1 in 3 tries failed, with 'database is locked' (turning a new file to WAL mode) or
+    'written by an earlier version (layout 0)' (a table seen before its layout number)."""
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for attempt in range(15):
+        start, out = ctx.Barrier(3), ctx.Queue()
+        workers = [ctx.Process(target=_open_together, args=(str(tmp_path / f"{attempt}.db"), start, out))
+                   for _ in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        failures += [said for said in (out.get(timeout=10) for _ in workers) if said != "ok"]
+    assert failures == []
+
+
+def test_opening_a_ledger_writes_nothing(tmp_path: Path) -> None:
+    """A worker that opens the ledger late (a full disk by then) must still open it."""
+    first = SqliteLedger(tmp_path / "ledger.db")  # lays it out, and stays open (the WAL stays)
+    wal = tmp_path / "ledger.db-wal"
+    size = wal.stat().st_size
+    SqliteLedger(tmp_path / "ledger.db").close()
+    assert wal.stat().st_size == size and rows(tmp_path / "ledger.db", "PRAGMA user_version") == [(3,)]
+    first.close()
