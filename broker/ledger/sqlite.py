@@ -737,8 +737,8 @@ def _finish_at_exit(ref: "weakref.ref[SqliteLedger]") -> None:
 #: Every connection this process opened. A forked child keeps the ones it inherited alive, never
 #: closed: closing a parent's SQLite connection in a child (as the garbage collector would, with a
 #: ledger object the parent still held at fork) can checkpoint and remove the parent's WAL under the
-#: other processes (SQLite's "how to corrupt": an open connection carried across fork). Seen as
-#: "disk I/O error" in a broker serve worker opening the ledger while another collected the master's.
+#: other processes (SQLite's "How To Corrupt An SQLite Database File": a connection carried across
+#: fork). broker serve's master also closes its own before its workers fork.
 _OPENED: "weakref.WeakSet[apsw.Connection]" = weakref.WeakSet()
 _INHERITED: list[apsw.Connection] = []
 
