@@ -314,6 +314,20 @@ class ServerThread:
         return f"http://{self.host}:{self.port}"
 
     def close(self) -> None:
-        """Stop accepting connections and end the thread."""
-        self._server.close()
+        """Stop accepting connections and end the thread.
+
+        The sockets are closed by the server's own loop (a thunk through waitress's trigger): closed
+        from this thread, the loop's ``select()`` could still be waiting on them and die with EBADF.
+        """
+        from waitress import wasyncore
+
+        server = self._server
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map, ignore_all=True))  # type: ignore[union-attr]
+        except OSError:  # the loop is gone already
+            pass
         self._thread.join(timeout=5)
+        if self._thread.is_alive():  # the loop did not run the thunk: close from here, as before
+            server.close()
+            self._thread.join(timeout=5)
+        server.task_dispatcher.shutdown(timeout=5)  # type: ignore[union-attr]
