@@ -94,6 +94,7 @@ _TAKE = ("INSERT INTO leases (owner, scope, window, taken) VALUES (?, ?, ?, ?) "
          "ON CONFLICT (owner, scope, window) DO UPDATE SET taken = taken + excluded.taken")
 _USE = "UPDATE leases SET used = used + ? WHERE owner = ? AND scope = ? AND window = ?"
 _HELD = "SELECT coalesce(sum(taken - used), 0) FROM leases WHERE scope = ? AND window = ?"
+_BLOCKS = "SELECT scope, window, taken - used FROM leases WHERE owner = ?"
 _NO_LIMIT = 2**62
 #: Clocks of the processes that record grants may differ this much (seconds): a period's first
 #: grant is looked for this much earlier in the record order (folding adds FOLD_SECONDS at most).
@@ -224,13 +225,7 @@ class SqliteLedger(Ledger):
             try:
                 with self._write() as db:
                     self._fold_own(db, proc)
-                    for scope, window, left in db.execute(
-                            "SELECT scope, window, taken - used FROM leases WHERE owner = ?", (proc.owner,)).fetchall():
-                        db.execute(_ADD, (scope, window, -left, window_end(window)))
-                    db.execute("DELETE FROM leases WHERE owner = ?", (proc.owner,))
-                    db.execute("INSERT INTO journals (owner, folded) VALUES (?, -1) "
-                               "ON CONFLICT (owner) DO UPDATE SET folded = -1", (proc.owner,))
-                    _after_commit(self, proc.path)
+                    self._retire(db, proc.owner, proc.path)
             except LedgerUnavailable as exc:  # left as a dead worker's journal: the next fold finishes it
                 log_event("ledger_close_incomplete", ledger=self.location, error=exc.message)
             finally:
@@ -338,15 +333,10 @@ class SqliteLedger(Ledger):
         leases = proc.leases
         taken: dict[tuple[str, str], int] = {}
         with self._write() as db:  # a refusal raises inside: nothing is taken
-            own = "SELECT scope, window, taken - used FROM leases WHERE owner = ?"
-            if any(window_end(window) <= now for _, window, _ in db.execute(own, (proc.owner,)).fetchall()):
+            if any(window_end(window) <= now for _, window, _ in db.execute(_BLOCKS, (proc.owner,)).fetchall()):
                 self._fold_own(db, proc)  # what its lines spent is "used" before the rest goes back
-                for scope, window, left in db.execute(own, (proc.owner,)).fetchall():
-                    if window_end(window) <= now:  # this worker's blocks of ended windows go back
-                        db.execute(_ADD, (scope, window, -left, window_end(window)))
-                        db.execute("DELETE FROM leases WHERE owner = ? AND scope = ? AND window = ?",
-                                   (proc.owner, scope, window))
-                        leases.pop((scope, window), None)
+                for key in self._give_back(db, proc.owner, ended_by=now)[1]:  # blocks of ended windows
+                    leases.pop(key, None)
             for x in short:
                 key = (x.scope, x.window)
                 want = x.n - leases.get(key, 0)
@@ -426,16 +416,31 @@ class SqliteLedger(Ledger):
             return 0
         if end < len(data):  # a line its writer never finished: that grant's form was never sent
             log_event("ledger_journal_torn", ledger=self.location, journal=path.name, bytes=len(data) - end)
-        returned = 0
-        for scope, window, left in db.execute(
-                "SELECT scope, window, taken - used FROM leases WHERE owner = ?", (owner,)).fetchall():
-            db.execute(_ADD, (scope, window, -left, window_end(window)))
-            returned += left
-        db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+        return self._retire(db, owner, path)
+
+    def _retire(self, db: apsw.Connection, owner: str, path: Path) -> int:
+        """``owner``'s journal is finished: all its blocks' unspent part goes back (how much), the
+        journal is marked done and its file removed once the transaction commits."""
+        returned = self._give_back(db, owner)[0]
         db.execute("INSERT INTO journals (owner, folded) VALUES (?, -1) "
                    "ON CONFLICT (owner) DO UPDATE SET folded = -1", (owner,))
         _after_commit(self, path)
         return returned
+
+    @staticmethod
+    def _give_back(db: apsw.Connection, owner: str, *, ended_by: int | None = None
+                   ) -> tuple[int, list[tuple[str, str]]]:
+        """Take out of the counters what ``owner``'s blocks (of windows ended by ``ended_by``, if
+        given) have not spent, and drop those blocks: how much, and which (scope, window)."""
+        returned, dropped = 0, []
+        for scope, window, left in db.execute(_BLOCKS, (owner,)).fetchall():
+            if ended_by is not None and window_end(window) > ended_by:
+                continue
+            db.execute(_ADD, (scope, window, -left, window_end(window)))
+            db.execute("DELETE FROM leases WHERE owner = ? AND scope = ? AND window = ?", (owner, scope, window))
+            returned += left
+            dropped.append((scope, window))
+        return returned, dropped
 
     def _apply(self, db: apsw.Connection, owner: str, lines: bytes) -> None:
         parsed = []
