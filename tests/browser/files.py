@@ -42,6 +42,14 @@ def sha256_of(body: Any) -> str:
     return digest.hexdigest()
 
 
+def assert_stored_as_chosen(live: Any, key: str, profile: str, digest: str, mime: str) -> None:
+    """The object at ``key`` is under the profile's prefix, byte for byte the chosen file, with its type."""
+    assert key.startswith(f"uploads/web-app/{profile}/"), key
+    stored = live.s3.get_object(Bucket=live.bucket, Key=key)
+    assert sha256_of(stored["Body"]) == digest
+    assert stored["ContentType"] == mime
+
+
 def upload_one(page: Any, selector: str, results: str, name: str, mime: str, *,
                data: bytes | None = None, size: int | None = None, head: bytes = b"",
                timeout: float = 30000) -> tuple[dict[str, Any], str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import TEST_FILES
-from tests.browser.files import audit_of, sha256_of, upload_one
+from tests.browser.files import assert_stored_as_chosen, audit_of, sha256_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -81,11 +81,7 @@ def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, errors: 
     result, digest = upload(page, name, mime, data=PNG if size is None else None, size=size)
 
     assert result["state"] == "done", result
-    key = result["key"]
-    assert key.startswith(f"uploads/web-app/{profile}/")
-    stored = demo.s3.get_object(Bucket=demo.bucket, Key=key)
-    assert sha256_of(stored["Body"]) == digest
-    assert stored["ContentType"] == mime
+    assert_stored_as_chosen(demo, result["key"], profile, digest, mime)
     records = [r for r in audit_of(demo, "fineuploader", seen) if r["decision"] == "allowed"]
     events = [r["event"] for r in records]
     assert events[0] == "fineuploader_key" and events[-1] == "upload_success"

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from tests.browser.conftest import TEST_FILES
-from tests.browser.files import audit_of, sha256_of, upload_one
+from tests.browser.files import assert_stored_as_chosen, audit_of, upload_one
 from tests.stack import Live
 
 MiB = 1024 * 1024
@@ -104,12 +104,8 @@ def test_allowed_upload_stores_exactly_the_bytes(page: Any, demo: Live, errors: 
 
     assert result["state"] == "done", result
     events = [r for r in audit_of(demo, "companion", seen) if r["decision"] == "allowed"]
-    key = events[0]["key"]
-    assert key.startswith(f"uploads/web-app/{profile}/")
     assert all(r["session"] and r["user"] == "demo-user" for r in events)  # the page's session, no API key
-    stored = demo.s3.get_object(Bucket=demo.bucket, Key=key)
-    assert sha256_of(stored["Body"]) == digest
-    assert stored["ContentType"] == mime
+    assert_stored_as_chosen(demo, events[0]["key"], profile, digest, mime)
     names = [r["event"] for r in events]
     if multipart:
         assert names[0] == "multipart_create" and names[-1] == "multipart_complete"
