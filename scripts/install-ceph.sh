@@ -16,27 +16,10 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-ceph: ${missing[*]} missing and apt-get is not available; install Ceph's" \
-         "${PACKAGES[*]} packages (version 16.2 or later) with this system's package manager:" \
-         "the store tests run on Ceph RGW as well as SeaweedFS and fail without it" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install-ceph: installing ${PACKAGES[*]} needs root; run this script as root" >&2
-        exit 1
-    fi
-fi
-
-echo "install-ceph: ${missing[*]} missing; running apt-get update"
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-echo "install-ceph: running apt-get install -y --no-install-recommends ${PACKAGES[*]} (a minute or two)"
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+echo "install-ceph: ${missing[*]} missing (a minute or two)"
+. "$(dirname "$0")/apt.sh"
+apt_install install-ceph "${missing[*]} missing and apt-get is not available; install Ceph's ${PACKAGES[*]} packages (version 16.2 or later) with this system's package manager: the store tests run on Ceph RGW as well as SeaweedFS and fail without it" \
+    --no-install-recommends -- "${PACKAGES[@]}"
 
 for program in "${PROGRAMS[@]}"; do
     if ! command -v "$program" >/dev/null 2>&1; then
