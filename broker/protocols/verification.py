@@ -220,10 +220,13 @@ def grant_status(call: "Call") -> HttpResponse:
     if grant.settled_at is not None and grant.status not in (ISSUED, EXPIRED):
         body["settled_at"] = iso_z(from_unix(grant.settled_at))
     if status == "rejected":  # in words, as the quarantined copy's tags keep it (else the checks' names)
-        held = quarantined(call, grant.bucket, grant.key)
-        if held is None and _being_moved(call, grant):  # settled, not in quarantine yet: say so when it is
+        # The original first: the verifier copies the object (with its tags) and only then deletes it,
+        # so once it is gone from its key the quarantined copy says why. (Asked the other way round,
+        # the whole move can fall between the two reads: no copy yet, then no original.)
+        if _being_moved(call, grant):  # settled, not in quarantine yet: say why once it is
             body["status"], body["message"] = "uploaded", "the file arrived; the verifier is moving it to quarantine"
         else:
+            held = quarantined(call, grant.bucket, grant.key)
             body["message"] = f"rejected: {describe(*held)}" if held is not None and held[0] else \
                 f"rejected: failed {', '.join(grant.checks) or 'verification'}"
     return HttpResponse.json(200, {k: v for k, v in body.items() if v is not None})
